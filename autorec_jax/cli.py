@@ -1,0 +1,87 @@
+"""Command-line flags derived from the config dataclasses: a new field is a new flag.
+
+Every field `f` of group `g` is accepted as `--f` and as `--g.f` (underscores may be written
+as dashes). Values are parsed by the field's type: int, float, str, bool (true/false),
+optional (none), tuple of ints (comma-separated, e.g. `--hidden 500,250,500`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from autorec_jax import config as config_lib
+from autorec_jax.errors import ConfigError
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _value_parser(annotation: str):
+    """A text -> value parser for a field annotation such as 'int | None'."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    parsers = {"int": int, "float": float, "str": str, "bool": _parse_bool,
+               "tuple[int, ...]": lambda t: tuple(int(x) for x in t.split(",") if x.strip())}
+    if base not in parsers:
+        raise TypeError(f"no flag parser for annotation {annotation!r}")
+    parse = parsers[base]
+
+    def parse_value(text: str):
+        if optional and text.lower() == "none":
+            return None
+        return parse(text)
+
+    parse_value.__name__ = base  # argparse names the type in its error messages
+    return parse_value
+
+
+def _fields():
+    """(group or None, field) for every config field, groups first."""
+    for group in config_lib.GROUPS:
+        cls = typing.get_type_hints(config_lib.Config)[group]
+        for field in dataclasses.fields(cls):
+            yield group, field
+    for field in dataclasses.fields(config_lib.Config):
+        if field.name not in config_lib.GROUPS:
+            yield None, field
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per config field; parsed values land in `args.config_overrides`."""
+    defaults = config_lib.Config()
+    for group, field in _fields():
+        default = getattr(getattr(defaults, group), field.name) if group else getattr(
+            defaults, field.name)
+        dashed = field.name.replace("_", "-")
+        names = [f"--{dashed}"] + ([f"--{group}.{dashed}"] if group else [])
+        if dashed != field.name:
+            names += [f"--{field.name}"] + ([f"--{group}.{field.name}"] if group else [])
+        parser.add_argument(*names, dest=f"override:{group or ''}.{field.name}",
+                            type=_value_parser(field.type), default=argparse.SUPPRESS,
+                            metavar=field.type.replace(" ", ""),
+                            help=f"(default: {default})")
+
+
+def config_from_args(args: argparse.Namespace, base: config_lib.Config) -> config_lib.Config:
+    """Applies the flags that were given to `base`.
+
+    Raises:
+      ConfigError: a value the field does not allow (the message names the field).
+    """
+    overrides = {}
+    for key, value in vars(args).items():
+        if key.startswith("override:"):
+            group, field = key[len("override:"):].split(".", 1)
+            overrides[f"{group}.{field}" if group else field] = value
+    try:
+        return config_lib.replace(base, **overrides)
+    except TypeError as err:  # pragma: no cover - replace() validates through __post_init__
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,60 @@
+"""Device-resident sparse rows (CSR) and their densification into one batch, inside jit.
+
+The whole training matrix lives on the device as CSR (a few MB for MovieLens 100K); a step
+receives only int32 row indices and builds its dense [B, N] batch here. No code path holds a
+dense rows x cols matrix.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autorec_jax.data.ratings import RowMatrix
+
+
+@flax.struct.dataclass
+class DeviceRows:
+    """CSR rows on the device. Shapes: indptr [R + 1], cols [nnz], values [nnz]."""
+
+    indptr: jax.Array
+    cols: jax.Array
+    values: jax.Array
+    num_cols: int = flax.struct.field(pytree_node=False)
+
+
+def to_device_rows(rows: RowMatrix) -> DeviceRows:
+    """Host CSR -> `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer."""
+    if rows.nnz >= np.iinfo(np.int32).max:
+        raise ValueError(f"{rows.nnz} stored entries exceed int32 indexing")
+    return DeviceRows(indptr=np.asarray(rows.indptr, np.int32),
+                      cols=np.asarray(rows.cols, np.int32),
+                      values=np.asarray(rows.values, np.float32), num_cols=rows.num_cols)
+
+
+def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
+    """Dense ratings of the rows `index_B`: float32 [B, N], 0 where unobserved.
+
+    Args:
+      rows: the CSR rows.
+      index_B: int32 [B] row indices; negative entries are padding and give all-zero rows.
+      max_nnz: static upper bound on the stored entries of the B rows together
+        (see `data.batching.max_nnz`); entries beyond it would be dropped, so callers size it
+        exactly.
+    """
+    batch, width = index_B.shape[0], rows.num_cols
+    valid = index_B >= 0
+    safe = jnp.where(valid, index_B, 0)
+    starts = rows.indptr[safe]
+    lengths = jnp.where(valid, rows.indptr[safe + 1] - starts, 0)
+    ends = jnp.cumsum(lengths)
+    # Entry k of the B rows laid end to end sits in batch slot `slot` (B past the last entry):
+    # mark where each slot ends, then count marks.
+    slot = jnp.cumsum(jnp.zeros(max_nnz, jnp.int32).at[ends].add(1, mode="drop"))
+    shift = jnp.append(starts - (ends - lengths), 0)
+    pos = jnp.minimum(jnp.arange(max_nnz, dtype=jnp.int32) + shift[slot], rows.cols.shape[0] - 1)
+    flat = jnp.where(slot < batch, slot * width + rows.cols[pos], batch * width)
+    dense = jnp.zeros(batch * width, rows.values.dtype)
+    return dense.at[flat].set(rows.values[pos], mode="drop").reshape(batch, width)

@@ -1,0 +1,103 @@
+"""Config validation, replace(), presets and the flags derived from the dataclasses."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from autorec_jax import cli, config as config_lib
+from autorec_jax.errors import ConfigError
+
+
+def test_d2l_preset_is_the_books_recipe():
+    c = config_lib.d2l()
+    assert (c.model.hidden, c.model.activation, c.model.output_activation) == (
+        (500,), "sigmoid", "identity")
+    assert (c.model.dropout, c.model.init_std) == (0.05, 0.01)
+    assert (c.optim.optimizer, c.optim.lr, c.optim.weight_decay, c.optim.decay_style) == (
+        "adam", 0.002, 1e-5, "coupled")
+    assert (c.train.epochs, c.train.batch_size, c.train.last_batch, c.train.loss) == (
+        25, 256, "rollover", "book")
+    assert (c.data.dataset, c.data.split, c.data.test_ratio, c.seed) == (
+        "ml-100k", "random", 0.1, 0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dropout", 1.0, "model.dropout must be in [0, 1)"),
+    ("dropout", -0.1, "model.dropout"),
+    ("hidden", (0,), "model.hidden"),
+    ("hidden", (), "model.hidden"),
+    ("activation", "swish", "model.activation must be one of"),
+    ("lr", 0.0, "optim.lr must be > 0"),
+    ("lr", float("nan"), "optim.lr"),
+    ("weight_decay", -1e-5, "optim.weight_decay"),
+    ("epochs", 0, "train.epochs"),
+    ("batch_size", 2.5, "train.batch_size"),
+    ("parallel", "gpu", "train.parallel"),
+    ("test_ratio", 1.0, "data.test_ratio"),
+    ("split", "temporal", "data.split"),
+    ("seed", -1, "seed must be"),
+    ("decay_biases", "yes", "optim.decay_biases"),
+])
+def test_replace_rejects_impossible_values_naming_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        config_lib.replace(config_lib.d2l(), **{field: value})
+
+
+def test_replace_accepts_plain_and_dotted_names_and_keeps_the_rest():
+    c = config_lib.replace(config_lib.d2l(), hidden=(8, 4, 8), **{"optim.lr": 0.01}, seed=3)
+    assert c.model.hidden == (8, 4, 8) and c.optim.lr == 0.01 and c.seed == 3
+    assert c.model.dropout == 0.05 and c.train.epochs == 25
+
+
+def test_replace_rejects_unknown_field():
+    with pytest.raises(ConfigError, match="unknown config field 'hiden'"):
+        config_lib.replace(config_lib.d2l(), hiden=(3,))
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config_lib.d2l().model.hidden = (3,)
+
+
+def test_field_names_are_unique_across_groups():
+    names = [f.name for _, f in cli._fields()]
+    assert len(names) == len(set(names))
+
+
+def test_split_seed_defaults_to_the_root_seed():
+    assert config_lib.replace(config_lib.d2l(), seed=4).split_seed == 4
+    assert config_lib.replace(config_lib.d2l(), seed=4, split_seed=1).split_seed == 1
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    cli.add_config_flags(parser)
+    return cli.config_from_args(parser.parse_args(argv), config_lib.d2l())
+
+
+def test_every_field_is_a_flag_with_typed_parsing():
+    c = _parse(["--hidden", "64,32,64", "--dropout", "0", "--batch-size", "100",
+                "--decay-biases", "false", "--data-dir", "none", "--split-seed", "7",
+                "--train.eval_every", "5", "--model.activation", "relu", "--lr", "1e-3"])
+    assert c.model.hidden == (64, 32, 64) and c.model.dropout == 0.0
+    assert c.train.batch_size == 100 and c.optim.decay_biases is False
+    assert c.data.data_dir is None and c.data.split_seed == 7 and c.train.eval_every == 5
+    assert c.model.activation == "relu" and c.optim.lr == 1e-3
+
+
+def test_flags_not_given_keep_the_preset():
+    assert _parse([]) == config_lib.d2l()
+
+
+def test_flag_with_impossible_value_raises_config_error():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        _parse(["--batch-size", "0"])
+
+
+def test_unknown_flag_and_unparsable_value_exit_with_status_2():
+    for argv in (["--bogus", "1"], ["--hidden", "x"], ["--decay-biases", "maybe"]):
+        with pytest.raises(SystemExit) as exit_info:
+            _parse(argv)
+        assert exit_info.value.code == 2

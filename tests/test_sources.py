@@ -1,0 +1,157 @@
+"""Dataset sources: verified lookup order, corrupted caches, failures, atomic writes."""
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from autorec_jax.data import sources
+from autorec_jax.data.movielens import parse_udata, recbole_inter_to_udata
+from autorec_jax.data.sources import FileSpec, Source, atomic_write_bytes, locate
+from autorec_jax.errors import DataError, SourceUnavailableError
+from synthetic import random_ratings, udata_text
+
+GOOD = udata_text(random_ratings()).encode()
+GOOD_SHA = sources.sha256_bytes(GOOD)
+
+
+class Counting:
+    """A source body returning fixed bytes (or raising) and counting its calls."""
+
+    def __init__(self, result):
+        self.result, self.calls = result, 0
+
+    def __call__(self):
+        self.calls += 1
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def spec(*bodies):
+    return FileSpec("toy", "u.data", GOOD_SHA,
+                    tuple(Source(f"source{i}", b) for i, b in enumerate(bodies)))
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_fetch_writes_a_verified_cache_file_then_reuses_it(tmp_path):
+    body = Counting(GOOD)
+    first = locate(spec(body), cache_dir=tmp_path)
+    second = locate(spec(body), cache_dir=tmp_path)
+    assert first == second == tmp_path / "toy" / "u.data"
+    assert first.read_bytes() == GOOD and body.calls == 1
+
+
+def test_corrupted_cache_file_is_detected_deleted_and_fetched_again(tmp_path):
+    cached = tmp_path / "toy" / "u.data"
+    cached.parent.mkdir()
+    cached.write_bytes(GOOD[:-10] + b"9\t9\t9\t9\n")  # damaged, same kind of content
+    body = Counting(GOOD)
+    path = locate(spec(body), cache_dir=tmp_path)
+    assert body.calls == 1 and path.read_bytes() == GOOD
+    assert len(parse_udata(path)) == len(random_ratings())
+
+
+def test_source_with_wrong_checksum_is_never_cached(tmp_path):
+    bad, good = Counting(GOOD + b"1\t1\t1\t1\n"), Counting(GOOD)
+    path = locate(spec(bad, good), cache_dir=tmp_path)
+    assert bad.calls == good.calls == 1 and path.read_bytes() == GOOD
+    assert no_temp_files(tmp_path)
+
+
+def test_every_source_failing_gives_one_error_naming_each(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "u.data").write_bytes(b"not the file\n")
+    failing = spec(Counting(OSError("Name or service not known")),
+                   Counting(GOOD + b"x"),
+                   Counting(DataError("pip download failed: no network")))
+    with pytest.raises(SourceUnavailableError) as info:
+        locate(failing, data_dir=tmp_path / "mine", cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    for expected in ("--data-dir", "is not the published", "cache", "not present",
+                     "source0: OSError: Name or service not known",
+                     "source1: ChecksumError", "source2: DataError: pip download failed",
+                     "--data-dir FOLDER"):
+        assert expected in message
+    assert not (tmp_path / "cache" / "toy" / "u.data").exists()
+    assert no_temp_files(tmp_path)
+
+
+def test_explicit_folder_is_used_first_when_verified(tmp_path):
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "u.data").write_bytes(GOOD)
+    body = Counting(GOOD)
+    assert locate(spec(body), data_dir=tmp_path, cache_dir=tmp_path / "c") == \
+        tmp_path / "toy" / "u.data"
+    assert body.calls == 0
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"old" and no_temp_files(tmp_path)
+
+
+def zipped(members: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_url_source_reads_the_member_of_a_downloaded_zip(tmp_path):
+    archive = tmp_path / "ml-100k.zip"
+    archive.write_bytes(zipped({"ml-100k/u.data": GOOD, "ml-100k/u.item": b"x"}))
+    source = sources.url_member_source(archive.as_uri(), "ml-100k/u.data")
+    assert source.fetch() == GOOD
+
+
+@pytest.mark.parametrize("data, message", [
+    (zipped({"ml-100k/u.data": GOOD})[:200], "truncated or corrupted"),
+    (b"PK\x03\x04garbage", "truncated or corrupted"),
+    (zipped({"other": b""}), "has no member ml-100k/u.data"),
+])
+def test_zip_member_errors_name_the_problem(data, message):
+    with pytest.raises(DataError, match=message):
+        sources.zip_member(data, "ml-100k/u.data", archive="ml-100k.zip")
+
+
+def test_recbole_inter_converts_back_to_udata_lines():
+    inter = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+             "196\t242\t3\t881250949\n186\t302\t3.0\t891717742\n")
+    assert recbole_inter_to_udata(inter.encode()) == b"196\t242\t3\t881250949\n" \
+        b"186\t302\t3\t891717742\n"
+    with pytest.raises(DataError, match="not a RecBole"):
+        recbole_inter_to_udata(b"196\t242\t3\t881250949\n")
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path))
+    assert sources.default_cache_dir() == tmp_path
+    monkeypatch.delenv(sources.CACHE_ENV)
+    assert sources.default_cache_dir() == Path.home() / ".cache" / "autorec_jax"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1\t2\t3\n", "missing field|4 tab-separated"),
+    ("1\t2\tx\t4\n", "u.data format"),
+    ("1,2,3,4\n", "u.data format|missing field"),
+])
+def test_parse_udata_rejects_malformed_lines(tmp_path, text, message):
+    path = tmp_path / "u.data"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        parse_udata(path)
