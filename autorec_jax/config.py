@@ -18,6 +18,7 @@ import math
 from autorec_jax.errors import ConfigError
 
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
+DROPOUT_RNGS = ("hash", "jax")
 SPLITS = ("random", "seq-aware")
 ORIENTATIONS = ("item", "user")
 OPTIMIZERS = ("adam", "sgd")
@@ -71,6 +72,8 @@ class ModelConfig:
     output_activation: str = "identity"  # activation of the output layer (the decoder)
     dropout: float = 0.05              # dropout rate after each hidden layer, training only
     init_std: float = 0.01             # kernels ~ Normal(0, init_std); biases start at 0
+    dropout_rng: str = "hash"          # "hash": counter hash seeded by the JAX PRNG (fast);
+                                       # "jax": flax nn.Dropout, one PRNG uniform per unit
 
     def __post_init__(self):
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
@@ -82,6 +85,7 @@ class ModelConfig:
                "in [0, 1)", self.dropout)
         _check(_is_real(self.init_std) and self.init_std > 0, "model.init_std", "> 0",
                self.init_std)
+        _check_choice(self.dropout_rng, "model.dropout_rng", DROPOUT_RNGS)
 
 
 @dataclasses.dataclass(frozen=True)

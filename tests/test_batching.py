@@ -69,6 +69,7 @@ def test_blocks_cover_all_rows_in_order():
     b = batching.blocks(10, 4)
     assert b.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, -1, -1]]
     assert batching.blocks(3, 1024).tolist() == [[0, 1, 2]]
+    assert batching.blocks(1682, 1024).shape == (2, 841)
 
 
 @pytest.mark.parametrize("repeats", [1, 2])

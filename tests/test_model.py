@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autorec_jax import config as config_lib
-from autorec_jax.model import ACTIVATIONS, AutoRec, create_model, init_params
+from autorec_jax.model import ACTIVATIONS, AutoRec, create_model, hash_dropout, init_params
 
 
 def test_book_network_shapes_and_parameter_count():
@@ -38,16 +38,23 @@ def test_forward_matches_numpy_sigmoid_encoder_linear_decoder():
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_dropout_acts_only_when_training_and_scales_kept_units():
-    model = AutoRec(num_outputs=6, hidden=(2000,), dropout=0.5, output_activation="identity")
+def _dropout_outputs(impl, rate, draws=256):
+    model = AutoRec(num_outputs=6, hidden=(300,), dropout=rate, dropout_rng=impl)
     params = init_params(model, jax.random.key(3))
-    x = jnp.ones((2, 6))
-    a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(4)})
-    b = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(5)})
-    c = model.apply({"params": params}, x, train=False)
-    assert not np.allclose(a, b)
-    # Inverted dropout keeps the expectation: the mean over 2000 hidden units is close.
-    np.testing.assert_allclose(np.asarray(a).mean(), np.asarray(c).mean(), atol=0.05)
+    x = jnp.ones((1, 6))
+    keys = jax.random.split(jax.random.key(4), draws)
+    train = jax.vmap(lambda k: model.apply({"params": params}, x, train=True,
+                                           rngs={"dropout": k})[0])(keys)
+    return np.asarray(train), np.asarray(model.apply({"params": params}, x, train=False)[0])
+
+
+@pytest.mark.parametrize("impl", ["hash", "jax"])
+def test_dropout_acts_only_when_training_and_keeps_the_expectation(impl):
+    train, infer = _dropout_outputs(impl, rate=0.5)
+    assert np.all(train.std(axis=0) > 0)  # masks differ from draw to draw
+    # Inverted dropout: the mean over draws is the inference output (5 standard errors).
+    stderr = train.std(axis=0) / np.sqrt(len(train))
+    assert np.all(np.abs(train.mean(axis=0) - infer) < 5 * stderr)
 
 
 def test_deep_stack_and_every_activation_build():
@@ -64,3 +71,37 @@ def test_deep_stack_and_every_activation_build():
 def test_unknown_activation_is_rejected_by_the_config():
     with pytest.raises(Exception, match="model.activation"):
         config_lib.replace(config_lib.d2l(), activation="swish")
+
+
+def _keep_mask(rng, shape=(256, 500), rate=0.05):
+    return np.asarray(hash_dropout(jnp.ones(shape), rate, rng)) != 0
+
+
+def test_hash_dropout_keeps_each_unit_with_probability_one_minus_rate():
+    for rate in (0.05, 0.5, 0.9):
+        kept = np.mean([_keep_mask(jax.random.key(s), rate=rate).mean() for s in range(8)])
+        sigma = np.sqrt(rate * (1 - rate) / (8 * 256 * 500))
+        assert abs(kept - (1 - rate)) < 5 * sigma, (rate, kept)
+    x = jnp.full((4, 5), 2.0)
+    out = np.asarray(hash_dropout(x, 0.5, jax.random.key(0)))
+    assert set(np.unique(out)) <= {0.0, 4.0}  # kept units are scaled by 1 / (1 - rate)
+
+
+def test_hash_dropout_masks_are_deterministic_per_key_and_independent_across_keys():
+    key = jax.random.key(3)
+    a, b = _keep_mask(jax.random.fold_in(key, 1)), _keep_mask(jax.random.fold_in(key, 2))
+    np.testing.assert_array_equal(a, _keep_mask(jax.random.fold_in(key, 1)))
+    # Two independent Bernoulli(0.95) masks agree on a drop with probability 0.05^2.
+    both_dropped = np.mean(~a & ~b)
+    assert abs(both_dropped - 0.0025) < 5 * np.sqrt(0.0025 / a.size)
+
+
+def test_hash_dropout_bits_have_no_structure_between_neighbours():
+    drops = ~_keep_mask(jax.random.key(7), shape=(512, 512), rate=0.5)
+    for axis in (0, 1):  # neighbouring units along rows and columns are uncorrelated
+        x = np.moveaxis(drops, axis, 0).astype(float)
+        corr = np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1]
+        assert abs(corr) < 5 / np.sqrt(x.size)
+    counts = np.bincount((np.arange(drops.size) % 64)[drops.ravel()], minlength=64)
+    expected = drops.sum() / 64  # drops spread evenly over positions mod 64 (chi-square)
+    assert np.sum((counts - expected) ** 2 / expected) < 120  # 63 dof: p ~ 1e-5

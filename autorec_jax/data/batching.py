@@ -62,10 +62,14 @@ def steps_per_epoch(num_rows: int, batch_size: int, epochs: int, last_batch: str
     return steps
 
 
-def blocks(num_rows: int, block_size: int) -> np.ndarray:
-    """All rows in order, cut into int32 [num_blocks, block_size] (last block PAD_ROW-padded)."""
-    block_size = min(block_size, num_rows)
-    num_blocks = math.ceil(num_rows / block_size)
+def blocks(num_rows: int, max_block_size: int) -> np.ndarray:
+    """All rows in order, cut into int32 [num_blocks, block_size], PAD_ROW-padded at the end.
+
+    Uses the fewest blocks of at most `max_block_size` rows, balanced so that padding is
+    less than one row per block (1682 rows, at most 1024 a block: 2 blocks of 841).
+    """
+    num_blocks = math.ceil(num_rows / max_block_size)
+    block_size = math.ceil(num_rows / num_blocks)
     padded = np.full(num_blocks * block_size, PAD_ROW, np.int32)
     padded[:num_rows] = np.arange(num_rows, dtype=np.int32)
     return padded.reshape(num_blocks, block_size)
