@@ -24,12 +24,19 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _parse_str(text: str) -> str:
+    """Plain text; `tab`, `\\t` and `space` name the separators hard to type in a shell."""
+    return {"tab": "\t", "\\t": "\t", "space": " "}.get(text, text)
+
+
 def _value_parser(annotation: str):
     """A text -> value parser for a field annotation such as 'int | None'."""
     optional = annotation.endswith("| None")
     base = annotation.replace("| None", "").strip()
-    parsers = {"int": int, "float": float, "str": str, "bool": _parse_bool,
-               "tuple[int, ...]": lambda t: tuple(int(x) for x in t.split(",") if x.strip())}
+    parsers = {"int": int, "float": float, "str": _parse_str, "bool": _parse_bool,
+               "tuple[int, ...]": lambda t: tuple(int(x) for x in t.split(",") if x.strip()),
+               "tuple[float, ...]": lambda t: tuple(float(x) for x in t.split(",")
+                                                    if x.strip())}
     if base not in parsers:
         raise TypeError(f"no flag parser for annotation {annotation!r}")
     parse = parsers[base]
@@ -54,10 +61,12 @@ def _fields():
             yield None, field
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per config field; parsed values land in `args.config_overrides`."""
+def add_config_flags(parser: argparse.ArgumentParser, groups=None) -> None:
+    """Adds one flag per config field (of `groups` only, when given, plus `seed`)."""
     defaults = config_lib.Config()
     for group, field in _fields():
+        if groups is not None and group is not None and group not in groups:
+            continue
         default = getattr(getattr(defaults, group), field.name) if group else getattr(
             defaults, field.name)
         dashed = field.name.replace("_", "-")

@@ -19,7 +19,10 @@ from autorec_jax.errors import ConfigError
 
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
-SPLITS = ("random", "seq-aware")
+SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "ml100k-u2",
+          "ml100k-u3", "ml100k-u4", "ml100k-u5", "ml100k-ua", "ml100k-ub")
+RATINGS_FORMATS = ("auto", "delimited", "netflix")
+DUPLICATE_POLICIES = ("error", "keep-last", "mean")
 ORIENTATIONS = ("item", "user")
 OPTIMIZERS = ("adam", "sgd")
 DECAY_STYLES = ("coupled", "decoupled")
@@ -47,22 +50,61 @@ def _is_real(value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "ml-100k"       # dataset name (see autorec_jax.data.movielens.DATASETS)
-    data_dir: str | None = None    # folder holding the dataset's files; None: cache, then download
-    split: str = "random"          # "random": the book's Bernoulli split; "seq-aware": latest per user
-    test_ratio: float = 0.1        # fraction of ratings drawn into the test set ("random" split)
-    split_seed: int | None = None  # seed of the split draw; None: use Config.seed
+    dataset: str = "ml-100k"       # a named dataset (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m,
+                                   # ml-latest-small); ignored when `ratings` is set
+    data_dir: str | None = None    # folder holding the dataset's files; None: cache, download
+    ratings: str | None = None     # a ratings file (or Netflix folder) to use instead
+    ratings_format: str = "auto"   # "delimited", "netflix" (MovieID: blocks), "auto": detect
+    sep: str | None = None         # field separator of `ratings`; None: sniffed
+    columns: str = "user,item,rating,timestamp"  # fields of `ratings` in order; "-" skips one
+    header: str = "auto"           # first line of `ratings` is a header: auto, yes, no
+    rating_scale: tuple[float, ...] | None = None  # (min, max) ratings must lie in; None: the
+                                   # named dataset's scale, unchecked for `ratings` files
+    duplicates: str = "error"      # repeated (user, item): "error", "keep-last", "mean"
+    id_type: str = "auto"          # raw ids: "auto" (integers if all parse), "int", "str"
+    split: str = "random"          # see autorec_jax/data/splits.py: random (the book's),
+                                   # seq-aware, ratio, kfold, leave-last, ml100k-u1..u5/ua/ub
+    test_ratio: float = 0.1        # test fraction for "random" and "ratio"
+    valid_ratio: float = 0.0       # fraction of the training part held out for validation
+    folds: int = 5                 # "kfold": number of folds
+    fold: int = 0                  # "kfold": which fold is the test set
+    leave_last: int = 1            # "leave-last": test ratings per user
+    split_seed: int | None = None  # seed of the split draws; None: use Config.seed
     orientation: str = "item"      # "item": I-AutoRec, rows are items; "user": U-AutoRec
 
     def __post_init__(self):
         _check(isinstance(self.dataset, str) and bool(self.dataset), "data.dataset",
                "a dataset name", self.dataset)
+        _check_choice(self.ratings_format, "data.ratings_format", RATINGS_FORMATS)
         _check_choice(self.split, "data.split", SPLITS)
         _check(_is_real(self.test_ratio) and 0.0 < self.test_ratio < 1.0, "data.test_ratio",
                "in (0, 1)", self.test_ratio)
+        _check(_is_real(self.valid_ratio) and 0.0 <= self.valid_ratio < 1.0,
+               "data.valid_ratio", "in [0, 1)", self.valid_ratio)
+        _check(_is_int(self.folds) and self.folds >= 2, "data.folds", "an integer >= 2",
+               self.folds)
+        _check(_is_int(self.fold) and 0 <= self.fold < self.folds, "data.fold",
+               f"an integer in [0, {self.folds})", self.fold)
+        _check(_is_int(self.leave_last) and self.leave_last >= 1, "data.leave_last",
+               "an integer >= 1", self.leave_last)
         _check(self.split_seed is None or (_is_int(self.split_seed) and self.split_seed >= 0),
                "data.split_seed", "None or an integer >= 0", self.split_seed)
         _check_choice(self.orientation, "data.orientation", ORIENTATIONS)
+        _check(self.rating_scale is None or (
+            len(self.rating_scale) == 2 and all(_is_real(v) for v in self.rating_scale)
+            and self.rating_scale[0] < self.rating_scale[1]), "data.rating_scale",
+            "None or (min, max) with min < max", self.rating_scale)
+        _check_choice(self.duplicates, "data.duplicates", DUPLICATE_POLICIES)
+        self.format()  # validates sep, columns, header, id_type
+
+    def format(self):
+        """The `readers.Format` for a `ratings` file."""
+        from autorec_jax.data.readers import Format
+        return Format(sep=self.sep, columns=tuple(c.strip() for c in self.columns.split(",")),
+                      header=self.header,
+                      rating_scale=None if self.rating_scale is None else tuple(
+                          float(v) for v in self.rating_scale),
+                      duplicates=self.duplicates, id_type=self.id_type)
 
 
 @dataclasses.dataclass(frozen=True)

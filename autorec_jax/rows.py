@@ -25,13 +25,20 @@ class DeviceRows:
     num_cols: int = flax.struct.field(pytree_node=False)
 
 
-def to_device_rows(rows: RowMatrix) -> DeviceRows:
-    """Host CSR -> `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer."""
-    if rows.nnz >= np.iinfo(np.int32).max:
+def to_device_rows(rows: RowMatrix, pad_to: int | None = None) -> DeviceRows:
+    """Host CSR -> `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer.
+
+    `pad_to` lengthens cols/values with unused zeros, so that several matrices share one
+    shape (and one compiled executable); entries past indptr[-1] are never read.
+    """
+    size = max(rows.nnz, pad_to or 0, 1)
+    if size >= np.iinfo(np.int32).max:
         raise ValueError(f"{rows.nnz} stored entries exceed int32 indexing")
-    return DeviceRows(indptr=np.asarray(rows.indptr, np.int32),
-                      cols=np.asarray(rows.cols, np.int32),
-                      values=np.asarray(rows.values, np.float32), num_cols=rows.num_cols)
+    cols = np.zeros(size, np.int32)
+    values = np.zeros(size, np.float32)
+    cols[:rows.nnz], values[:rows.nnz] = rows.cols, rows.values
+    return DeviceRows(indptr=np.asarray(rows.indptr, np.int32), cols=cols, values=values,
+                      num_cols=rows.num_cols)
 
 
 def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
@@ -45,6 +52,9 @@ def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
         exactly.
     """
     batch, width = index_B.shape[0], rows.num_cols
+    if batch * width >= np.iinfo(np.int32).max:
+        raise ValueError(f"a batch of {batch} rows x {width} columns exceeds int32 indexing; "
+                         "use a smaller batch")
     valid = index_B >= 0
     safe = jnp.where(valid, index_B, 0)
     starts = rows.indptr[safe]

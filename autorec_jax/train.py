@@ -20,7 +20,7 @@ import optax
 
 from autorec_jax import reporting
 from autorec_jax.config import Config, to_dict
-from autorec_jax.data import batching, movielens, splits
+from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, row_matrix
 from autorec_jax.errors import TrainingDivergedError
 from autorec_jax.evaluate import EvalData, eval_blocks, summarize
@@ -127,34 +127,26 @@ def train_epoch(state: TrainState, rows: DeviceRows, index_SxB: jax.Array, rng: 
     return jax.lax.scan(body, state, (jnp.arange(num_steps), index_SxB))
 
 
-def load_split(config: Config, ratings: Ratings | None = None, cache_dir=None
-               ) -> tuple[Ratings, Ratings]:
-    """The (train, test) ratings the config asks for; loads the dataset unless given."""
-    if ratings is None:
-        ratings = movielens.load(config.data.dataset, data_dir=config.data.data_dir,
-                                 cache_dir=cache_dir)
-    return splits.split(ratings, config.data.split, test_ratio=config.data.test_ratio,
-                        seed=config.split_seed)
-
-
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything a run sets up before its first epoch: data on the device, compiled calls.
 
     `train_epoch_fns[S]` runs an epoch of S steps: (state, train_data, sharded index, step_rng)
-    -> (state, metrics [S]); it donates the state. `eval_fn` maps (params, eval_data,
-    eval_index) to per-block sums.
+    -> (state, metrics [S]); it donates the state. `eval_fn` maps (params, EvalData,
+    eval_index) to per-block sums, for each held-out set in `heldout` ("test", and "valid"
+    when the split carves one out).
     """
 
     config: Config
     parallel: Parallel
     train: Ratings
+    valid: Ratings
     test: Ratings
     steps: list[int]               # steps of each epoch, in order
     row_width: int                 # N
     num_rows: int                  # rows of the training matrix
     train_data: DeviceRows
-    eval_data: EvalData
+    heldout: dict                  # name -> EvalData on the device
     eval_index: np.ndarray
     step_rng: jax.Array
     shuffle_seed: np.ndarray
@@ -171,9 +163,12 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None
     time only execution. `config.seed` gives one root key, split into init, shuffle and step
     keys.
     """
-    train, test = load_split(config, ratings, cache_dir)
-    train_rows = row_matrix(train, config.data.orientation)
-    test_rows = row_matrix(test, config.data.orientation)
+    train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
+    orientation = config.data.orientation
+    train_rows = row_matrix(train, orientation)
+    heldout_rows = {"test": row_matrix(test, orientation)}
+    if len(valid):
+        heldout_rows["valid"] = row_matrix(valid, orientation)
     parallel = Parallel.create(config.train.parallel)
     batch_size = config.train.batch_size
     steps = batching.steps_per_epoch(train_rows.num_rows, batch_size, config.train.epochs,
@@ -182,7 +177,11 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None
     state = parallel.replicate(create_train_state(config, train_rows.num_cols, init_rng))
     step_rng = parallel.replicate(step_rng)
     train_data = parallel.replicate(to_device_rows(train_rows))
-    eval_data = parallel.replicate(EvalData(to_device_rows(train_rows), to_device_rows(test_rows)))
+    # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
+    pad_to = max(rows.nnz for rows in heldout_rows.values())
+    heldout = {name: parallel.replicate(EvalData(to_device_rows(train_rows),
+                                                 to_device_rows(rows, pad_to)))
+               for name, rows in heldout_rows.items()}
     eval_index = parallel.shard(batching.blocks(train_rows.num_rows,
                                                 config.train.eval_batch_size))
 
@@ -196,7 +195,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None
         functools.partial(
             eval_blocks, apply_fn=state.apply_fn,
             max_nnz_inputs=batching.max_nnz(train_rows.row_lengths, eval_rows),
-            max_nnz_targets=batching.max_nnz(test_rows.row_lengths, eval_rows),
+            max_nnz_targets=max(batching.max_nnz(rows.row_lengths, eval_rows)
+                                for rows in heldout_rows.values()),
             clip_range=_rating_range(train) if config.train.clip_predictions else None),
         num_args=3, donate_carry=False)
 
@@ -205,11 +205,11 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None
         s: train_fn.lower(state, train_data, parallel.shard(np.zeros((s, batch_size), np.int32)),
                           step_rng).compile()
         for s in sorted(set(steps))}
-    compiled_eval = eval_fn.lower(state.params, eval_data, eval_index).compile()
+    compiled_eval = eval_fn.lower(state.params, heldout["test"], eval_index).compile()
     experiment = Experiment(
-        config=config, parallel=parallel, train=train, test=test, steps=steps,
+        config=config, parallel=parallel, train=train, valid=valid, test=test, steps=steps,
         row_width=train_rows.num_cols, num_rows=train_rows.num_rows, train_data=train_data,
-        eval_data=eval_data, eval_index=eval_index, step_rng=step_rng,
+        heldout=heldout, eval_index=eval_index, step_rng=step_rng,
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
         train_epoch_fns=train_epoch_fns, eval_fn=compiled_eval,
         compile_seconds=time.perf_counter() - start)
@@ -225,10 +225,11 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
     return state, jax.device_get(metrics)
 
 
-def evaluate(experiment: Experiment, params: PyTree) -> dict[str, float]:
-    """Test RMSE, MAE and count of `params` (see evaluate.py)."""
-    return summarize(jax.device_get(
-        experiment.eval_fn(params, experiment.eval_data, experiment.eval_index)))
+def evaluate(experiment: Experiment, params: PyTree) -> dict[str, dict[str, float]]:
+    """RMSE, MAE and count of `params` on each held-out set: {"test": {...}, ...}."""
+    return {name: summarize(jax.device_get(experiment.eval_fn(params, data,
+                                                              experiment.eval_index)))
+            for name, data in experiment.heldout.items()}
 
 
 @dataclasses.dataclass
@@ -254,6 +255,11 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     """
     log.info("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir)
+    if out_dir is not None:
+        reporting.write_json(Path(out_dir) / "ids.json", {
+            "orientation": config.data.orientation,
+            "users": experiment.train.user_ids.tolist(),
+            "items": experiment.train.item_ids.tolist()})
     shuffle = np.random.default_rng(experiment.shuffle_seed)
     history: list[dict] = []
     carry = np.zeros(0, np.int32)
@@ -283,33 +289,39 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
             start = time.perf_counter()
             scores = evaluate(experiment, state.params)
-            record.update(test_rmse=scores["rmse"], test_mae=scores["mae"],
-                          eval_seconds=time.perf_counter() - start)
+            for name, score in scores.items():
+                record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
+            record["eval_seconds"] = time.perf_counter() - start
         _write_history(out_dir, history)
-        log.info("epoch %3d  train loss %.4f  test RMSE %s  %.3f s  %.1fM entries/s",
+        log.info("epoch %3d  train loss %.4f  %stest RMSE %s  %.3f s  %.1fM entries/s",
                  epoch, record["train_loss"],
+                 f"valid RMSE {record['valid_rmse']:.4f}  " if "valid_rmse" in record else "",
                  f"{record['test_rmse']:.4f}" if "test_rmse" in record else "   -  ",
                  seconds, entries / seconds / 1e6)
 
+    test = scores["test"]
     summary = {
         "config": to_dict(config),
-        "test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_count": int(scores["count"]),
+        "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
+        **({"valid_rmse": scores["valid"]["rmse"], "valid_mae": scores["valid"]["mae"]}
+           if "valid" in scores else {}),
         "train_seconds": total_seconds, "entries_per_sec": total_entries / total_seconds,
         "compile_seconds": experiment.compile_seconds, "steps": sum(experiment.steps),
         "parallel": experiment.parallel.mode, "num_devices": experiment.parallel.num_devices,
-        "data": {"dataset": config.data.dataset, "split": config.data.split,
+        "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,
                  "split_seed": config.split_seed, "orientation": config.data.orientation,
                  "num_users": experiment.train.num_users,
                  "num_items": experiment.train.num_items,
-                 "train_ratings": len(experiment.train), "test_ratings": len(experiment.test),
+                 "train_ratings": len(experiment.train), "valid_ratings": len(experiment.valid),
+                 "test_ratings": len(experiment.test),
                  "rows": experiment.num_rows, "row_width": experiment.row_width},
         **reporting.environment(),
     }
     if out_dir is not None:
         reporting.write_json(Path(out_dir) / "summary.json", summary)
     log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings; %.2f s training, "
-             "%.1fM entries/s, %.2f s compile)", scores["rmse"], scores["mae"],
-             int(scores["count"]), total_seconds, total_entries / total_seconds / 1e6,
+             "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
+             int(test["count"]), total_seconds, total_entries / total_seconds / 1e6,
              experiment.compile_seconds)
     return TrainResult(state=state, history=history, summary=summary)
 

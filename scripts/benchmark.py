@@ -19,7 +19,6 @@ Take timings while nothing else runs on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys

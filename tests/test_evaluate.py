@@ -83,5 +83,5 @@ def test_scores_depend_on_test_ratings_only_as_targets(setting):
              jax.device_put(EvalData(to_device_rows(train_rows), to_device_rows(shifted))))
     recons = numpy_forward(params, to_dense(train_rows).astype(np.float64))
     test = to_dense(shifted).astype(np.float64)
-    assert summarize(run_eval(moved, 8))["rmse"] == pytest.approx(book_rmse(test, recons),
-                                                                 rel=1e-6)
+    expected = book_rmse(test, recons)
+    assert summarize(run_eval(moved, 8))["rmse"] == pytest.approx(expected, rel=1e-6)

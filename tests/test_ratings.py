@@ -24,7 +24,7 @@ def test_integer_ids_one_to_n_map_to_id_minus_one_like_the_book():
 
 
 @pytest.mark.parametrize("users, items, ratings, message", [
-    ([1, 1], [2, 2], [3, 4], "duplicate rating of item 2 by user 1"),
+    ([1, 1], [2, 2], [3, 4], r"user 1 rates item 2 again \(first at entry 0\)"),
     ([1, 2], [2, 2], [3, np.nan], "not finite"),
     ([1, 2], [2, 2], [3, 0], "rating 0"),
 ])

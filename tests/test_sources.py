@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from autorec_jax.data import sources
+from autorec_jax.data.archives import zip_member
 from autorec_jax.data.movielens import parse_udata, recbole_inter_to_udata
 from autorec_jax.data.sources import FileSpec, Source, atomic_write_bytes, locate
 from autorec_jax.errors import DataError, SourceUnavailableError
@@ -18,20 +19,21 @@ GOOD_SHA = sources.sha256_bytes(GOOD)
 
 
 class Counting:
-    """A source body returning fixed bytes (or raising) and counting its calls."""
+    """A source body writing fixed bytes (or raising) and counting its calls."""
 
     def __init__(self, result):
         self.result, self.calls = result, 0
 
-    def __call__(self):
+    def __call__(self, dest: Path):
         self.calls += 1
         if isinstance(self.result, Exception):
+            dest.write_bytes(b"partial")  # a failure after writing must leave no trace
             raise self.result
-        return self.result
+        dest.write_bytes(self.result)
 
 
 def spec(*bodies):
-    return FileSpec("toy", "u.data", GOOD_SHA,
+    return FileSpec("toy", "u.data", {"sha256": GOOD_SHA},
                     tuple(Source(f"source{i}", b) for i, b in enumerate(bodies)))
 
 
@@ -116,17 +118,21 @@ def test_url_source_reads_the_member_of_a_downloaded_zip(tmp_path):
     archive = tmp_path / "ml-100k.zip"
     archive.write_bytes(zipped({"ml-100k/u.data": GOOD, "ml-100k/u.item": b"x"}))
     source = sources.url_member_source(archive.as_uri(), "ml-100k/u.data")
-    assert source.fetch() == GOOD
+    dest = tmp_path / "out"
+    source.fetch(dest)
+    assert dest.read_bytes() == GOOD
 
 
 @pytest.mark.parametrize("data, message", [
     (zipped({"ml-100k/u.data": GOOD})[:200], "truncated or corrupted"),
     (b"PK\x03\x04garbage", "truncated or corrupted"),
     (zipped({"other": b""}), "has no member ml-100k/u.data"),
+    (zipped({"ml-100k/u.data": GOOD, "../evil.sh": b"x"}), "zip-slip"),
+    (zipped({"ml-100k/u.data": GOOD, "/etc/evil": b"x"}), "zip-slip"),
 ])
 def test_zip_member_errors_name_the_problem(data, message):
     with pytest.raises(DataError, match=message):
-        sources.zip_member(data, "ml-100k/u.data", archive="ml-100k.zip")
+        zip_member(data, "ml-100k/u.data")
 
 
 def test_recbole_inter_converts_back_to_udata_lines():
@@ -146,9 +152,9 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("1\t2\t3\n", "missing field|4 tab-separated"),
-    ("1\t2\tx\t4\n", "u.data format"),
-    ("1,2,3,4\n", "u.data format|missing field"),
+    ("1\t2\t3\n", ":1: 3 field"),
+    ("1\t2\t3\t4\n5\t6\tx\t8\n", ":2: rating 'x' is not a number"),
+    ("1,2,3,4\n", "separator looks like ','"),
 ])
 def test_parse_udata_rejects_malformed_lines(tmp_path, text, message):
     path = tmp_path / "u.data"

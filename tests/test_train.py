@@ -91,6 +91,7 @@ def test_loss_drops_and_the_step_traces_once():
     rows = toy_rows()
     dense = to_dense(rows)
     state = create_train_state(config, rows.num_cols, jax.random.key(0))
+
     @chex.assert_max_traces(n=1)
     def step_fn(state, batch, rng):
         return train_step(state, batch, rng, config=config)

@@ -7,8 +7,10 @@ small data, inspection and tests; training densifies one batch of rows at a time
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from autorec_jax.errors import DataError
 
@@ -46,26 +48,40 @@ class Ratings:
 
     @classmethod
     def from_raw(cls, raw_users, raw_items, ratings, timestamps=None, *,
-                 source: str | None = None) -> "Ratings":
+                 source: str | None = None, duplicates: str = "error",
+                 line_of: Callable[[int], int] | None = None) -> "Ratings":
         """Maps raw ids (any sortable type) to indices in sorted-id order.
 
         With MovieLens' integer ids 1..n this gives index = id - 1, the book's mapping.
 
+        Args:
+          raw_users, raw_items, ratings, timestamps: parallel arrays, one entry per rating.
+          source: the file named in error messages.
+          duplicates: repeated (user, item) pairs: "error", "keep-last" (the last entry wins),
+            or "mean" (ratings averaged, latest timestamp kept).
+          line_of: maps an entry index to its line in `source`, for messages.
+
         Raises:
-          DataError: duplicate (user, item) pairs or non-finite ratings.
+          DataError: duplicate pairs under "error", or non-finite or zero ratings.
         """
-        user_ids, users = np.unique(np.asarray(raw_users), return_inverse=True)
-        item_ids, items = np.unique(np.asarray(raw_items), return_inverse=True)
-        out = cls(users=users.astype(np.int32).reshape(-1),
-                  items=items.astype(np.int32).reshape(-1),
-                  ratings=np.asarray(ratings, dtype=np.float32).reshape(-1),
-                  timestamps=None if timestamps is None else np.asarray(timestamps, np.int64),
+        user_ids, users = map_ids(np.asarray(raw_users))
+        item_ids, items = map_ids(np.asarray(raw_items))
+        ratings = np.asarray(ratings, dtype=np.float32).reshape(-1)
+        if timestamps is not None:
+            timestamps = np.asarray(timestamps, np.int64)
+        keep, merged = resolve_duplicates(users, items, len(item_ids), ratings, timestamps,
+                                          duplicates, source, line_of, user_ids, item_ids)
+        if keep is not None:
+            users, items, ratings = users[keep], items[keep], merged[0]
+            timestamps = merged[1]
+        out = cls(users=users, items=items, ratings=ratings, timestamps=timestamps,
                   user_ids=user_ids, item_ids=item_ids)
-        out.validate(source)
+        out.validate(source, line_of)
         return out
 
-    def validate(self, source: str | None = None) -> None:
-        """Raises DataError naming the first problem: lengths, ranges, NaN, duplicates."""
+    def validate(self, source: str | None = None,
+                 line_of: Callable[[int], int] | None = None) -> None:
+        """Raises DataError naming the first problem: lengths, ranges, NaN, zero ratings."""
         n = len(self.ratings)
         arrays = [self.users, self.items] + ([] if self.timestamps is None else [self.timestamps])
         if any(len(a) != n for a in arrays):
@@ -73,22 +89,17 @@ class Ratings:
         if n and (self.users.min() < 0 or self.users.max() >= self.num_users
                   or self.items.min() < 0 or self.items.max() >= self.num_items):
             raise DataError("user or item index outside the id mapping", path=source)
+        where = (lambda i: {"line": line_of(i)}) if line_of else (lambda i: {})
+        entry = (lambda i: "") if line_of else (lambda i: f" (entry {i})")
         bad = np.flatnonzero(~np.isfinite(self.ratings))
         if len(bad):
-            raise DataError(f"rating {self.ratings[bad[0]]} at entry {bad[0]} is not finite",
-                            path=source)
+            raise DataError(f"rating {self.ratings[bad[0]]} is not finite{entry(bad[0])}",
+                            path=source, **where(int(bad[0])))
         zero = np.flatnonzero(self.ratings == 0)
         if len(zero):
-            raise DataError(f"rating 0 at entry {zero[0]}: 0 marks 'unobserved' in AutoRec's "
-                            "matrices; shift the rating scale", path=source)
-        pair = self.users.astype(np.int64) * self.num_items + self.items
-        order = np.argsort(pair, kind="stable")
-        dup = np.flatnonzero(pair[order][1:] == pair[order][:-1])
-        if len(dup):
-            i = order[dup[0] + 1]
-            raise DataError(f"duplicate rating of item {_plain(self.item_ids[self.items[i]])!r} "
-                            f"by user {_plain(self.user_ids[self.users[i]])!r} (entry {i})",
-                            path=source)
+            raise DataError(f"rating 0{entry(zero[0])}: 0 marks 'unobserved' in AutoRec's "
+                            "matrices; shift the rating scale (e.g. add 1 to every rating)",
+                            path=source, **where(int(zero[0])))
 
     def take(self, index: np.ndarray) -> "Ratings":
         """The entries at `index` (bool mask or integer index), in the same id space."""
@@ -96,6 +107,63 @@ class Ratings:
             self, users=self.users[index], items=self.items[index],
             ratings=self.ratings[index],
             timestamps=None if self.timestamps is None else self.timestamps[index])
+
+
+def map_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique raw ids, int32 index of each entry into them), without a full sort.
+
+    Non-negative integer ids of moderate range (MovieLens, Netflix) go through a presence
+    table; anything else is hashed.
+    """
+    if raw.dtype.kind in "iu" and len(raw):
+        low, high = int(raw.min()), int(raw.max())
+        if low >= 0 and high < 8 * len(raw) + (1 << 20):
+            present = np.zeros(high + 1, bool)
+            present[raw] = True
+            rank = np.cumsum(present, dtype=np.int32) - 1
+            return np.flatnonzero(present).astype(raw.dtype), rank[raw]
+    codes, uniques = pd.factorize(raw, sort=False)
+    uniques = np.asarray(uniques)
+    order = np.argsort(uniques, kind="stable")
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return uniques[order], rank[codes]
+
+
+def resolve_duplicates(users, items, num_items, ratings, timestamps, policy, source, line_of,
+                       user_ids, item_ids):
+    """Applies the duplicate policy; returns (kept entry indices, (ratings, timestamps)), or
+    (None, None) when every (user, item) pair is unique."""
+    pair = users.astype(np.int64) * num_items + items
+    ordered = np.sort(pair)  # vectorised sort: the fast test for the common, clean case
+    if not np.any(ordered[1:] == ordered[:-1]):
+        return None, None
+    codes, uniques = pd.factorize(pair, sort=False)
+    repeated = pd.Series(codes).duplicated(keep="first").to_numpy()
+    if policy == "error":
+        second = int(np.flatnonzero(repeated)[0])
+        first = int(np.flatnonzero(codes == codes[second])[0])
+        where = f"line {line_of(first)}" if line_of else f"entry {first}"
+        raise DataError(
+            f"user {_plain(user_ids[users[second]])!r} rates item "
+            f"{_plain(item_ids[items[second]])!r} again (first at {where}); pass --duplicates "
+            "keep-last or --duplicates mean to resolve repeats", path=source,
+            line=line_of(second) if line_of else None)
+    last = ~pd.Series(codes).duplicated(keep="last").to_numpy()
+    keep = np.flatnonzero(last)
+    if policy == "keep-last":
+        return keep, (ratings[keep], None if timestamps is None else timestamps[keep])
+    if policy == "mean":
+        sums = np.bincount(codes, weights=ratings, minlength=len(uniques))
+        counts = np.bincount(codes, minlength=len(uniques))
+        merged = (sums / counts)[codes[keep]].astype(np.float32)
+        times = None
+        if timestamps is not None:
+            latest = np.full(len(uniques), np.iinfo(np.int64).min)
+            np.maximum.at(latest, codes, timestamps)
+            times = latest[codes[keep]]
+        return keep, (merged, times)
+    raise ValueError(f"unknown duplicates policy {policy!r}")
 
 
 def _plain(value):

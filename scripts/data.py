@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Inspect and split rating datasets (named ones or your own files) without training.
+
+  python scripts/data.py stats ml-100k
+  python scripts/data.py stats ratings.csv --sep , --columns user,item,rating,timestamp
+  python scripts/data.py stats netflix/training_set            # Netflix Prize layout
+  python scripts/data.py split ml-1m --split kfold --folds 5 --fold 0 --out splits/ml1m-f0
+  python scripts/data.py split ratings.csv --split ratio --valid-ratio 0.1 --out splits/mine
+
+`stats` prints counts, density, the rating histogram, load time (parse, validation and id
+mapping) and the process's peak memory; `split` writes train/valid/test files (raw ids,
+tab-separated) and split.json. Format and split options are the data flags of
+scripts/train.py. A malformed file exits with status 1 and a one-line error naming the file
+and line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax import cli, config as config_lib  # noqa: E402
+from autorec_jax.data import loading, movielens  # noqa: E402
+from autorec_jax.data.sources import atomic_path  # noqa: E402
+from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("stats", "load a dataset and print its statistics"),
+                       ("split", "write a train/valid/test split to files")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("source", help=f"a dataset name ({', '.join(movielens.DATASETS)}), "
+                                        "a ratings file, or a Netflix folder")
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "split":
+            sub.add_argument("--out", required=True, help="folder for the split's files")
+        cli.add_config_flags(sub, groups=("data",))
+    return parser
+
+
+def data_config(args) -> config_lib.Config:
+    base = config_lib.d2l()
+    source = args.source
+    if source in movielens.DATASETS:
+        base = config_lib.replace(base, dataset=source)
+    else:
+        base = config_lib.replace(base, ratings=source)
+    return cli.config_from_args(args, base)
+
+
+def peak_memory_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def stats(config: config_lib.Config, as_json: bool) -> None:
+    start = time.perf_counter()
+    ratings = loading.load_ratings(config.data)
+    seconds = time.perf_counter() - start
+    out = {"source": loading.dataset_label(config.data), **movielens.summary(ratings),
+           "load_seconds": seconds, "peak_memory_bytes": peak_memory_bytes()}
+    if as_json:
+        print(json.dumps(out))
+        return
+    print(f"source       {out['source']}")
+    print(f"ratings      {out['ratings']:,}")
+    print(f"users        {out['users']:,}")
+    print(f"items        {out['items']:,}")
+    print(f"density      {out['density']:.4%}")
+    print("histogram    " + "  ".join(f"{k}: {v:,} ({v / out['ratings']:.1%})"
+                                      for k, v in out["histogram"].items()))
+    if "first_timestamp" in out:
+        first, last = (time.strftime("%Y-%m-%d", time.gmtime(out[k]))
+                       for k in ("first_timestamp", "last_timestamp"))
+        print(f"timestamps   {first} .. {last}")
+    print(f"load time    {seconds:.2f} s (parse, validation, id mapping)")
+    print(f"peak memory  {out['peak_memory_bytes'] / 2**20:,.0f} MiB (process maximum RSS)")
+
+
+def split(config: config_lib.Config, out_dir: str, as_json: bool) -> None:
+    ratings = loading.load_ratings(config.data)
+    train, valid, test = loading.load_split(config.data, config.split_seed, ratings)
+    out = Path(out_dir)
+    counts = {}
+    for name, part in (("train", train), ("valid", valid), ("test", test)):
+        if name == "valid" and not len(part):
+            continue
+        with atomic_path(out / f"{name}.tsv") as tmp:
+            _write_part(tmp, part)
+        counts[name] = len(part)
+    record = {"source": loading.dataset_label(config.data), "split": config.data.split,
+              "seed": config.split_seed, "counts": counts,
+              "options": {k: v for k, v in dataclasses.asdict(config.data).items()
+                          if k in ("test_ratio", "valid_ratio", "folds", "fold", "leave_last")},
+              "files": {k: f"{k}.tsv" for k in counts},
+              "columns": "user\titem\trating" + (
+                  "\ttimestamp" if ratings.timestamps is not None else "")}
+    with atomic_path(out / "split.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(record))
+    else:
+        print(f"wrote {', '.join(f'{k}: {v:,}' for k, v in counts.items())} ratings to {out}")
+
+
+def _write_part(path: Path, part) -> None:
+    import pandas as pd
+    columns = {"user": part.user_ids[part.users], "item": part.item_ids[part.items],
+               "rating": part.ratings}
+    if part.timestamps is not None:
+        columns["timestamp"] = part.timestamps
+    pd.DataFrame(columns).to_csv(path, sep="\t", header=False, index=False,
+                                 float_format="%g")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = data_config(args)
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
+        if args.command == "stats":
+            stats(config, args.json)
+        else:
+            split(config, args.out, args.json)
+    except AutoRecError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
