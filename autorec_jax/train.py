@@ -253,8 +253,14 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     Raises:
       TrainingDivergedError: a non-finite loss; the message names the epoch and step.
     """
-    log.info("config: %s", to_dict(config))
+    log.debug("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir)
+    log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
+             "%s on %d %s device(s); compiled in %.2f s", loading.dataset_label(config.data),
+             config.data.split, config.split_seed, len(experiment.train),
+             len(experiment.valid), len(experiment.test), experiment.num_rows,
+             experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
+             jax.local_devices()[0].platform, experiment.compile_seconds)
     if out_dir is not None:
         reporting.write_json(Path(out_dir) / "ids.json", {
             "orientation": config.data.orientation,

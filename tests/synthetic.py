@@ -1,5 +1,8 @@
 """Small synthetic rating data made by the tests themselves (no MovieLens in the repo)."""
 
+import io
+import zipfile
+
 import numpy as np
 
 from autorec_jax.data.ratings import Ratings
@@ -26,3 +29,12 @@ def udata_text(ratings: Ratings) -> str:
              for u, i, r, t in zip(ratings.users, ratings.items, ratings.ratings,
                                    ratings.timestamps)]
     return "\n".join(lines) + "\n"
+
+
+def zipped(members: dict) -> bytes:
+    """A zip archive in memory holding `members` (name -> bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()

@@ -1,11 +1,9 @@
 """Named datasets through archives and local files; the data CLI; training on a file."""
 
-import io
 import json
 import logging
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +13,10 @@ from autorec_jax import config as config_lib
 from autorec_jax.data import loading, movielens, sources
 from autorec_jax.data.sources import FileSpec, Source
 from autorec_jax.errors import DataError, SourceUnavailableError
-from synthetic import random_ratings
+from synthetic import random_ratings, zipped
 
 REPO = Path(__file__).resolve().parent.parent
 ML1M_LINES = b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
-
-
-def zipped(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """Dataset sources: verified lookup order, corrupted caches, failures, atomic writes."""
 
-import io
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from autorec_jax.data.archives import zip_member
 from autorec_jax.data.movielens import parse_udata, recbole_inter_to_udata
 from autorec_jax.data.sources import FileSpec, Source, atomic_write_bytes, locate
 from autorec_jax.errors import DataError, SourceUnavailableError
-from synthetic import random_ratings, udata_text
+from synthetic import random_ratings, udata_text, zipped
 
 GOOD = udata_text(random_ratings()).encode()
 GOOD_SHA = sources.sha256_bytes(GOOD)
@@ -104,14 +102,6 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"new content")
     assert target.read_bytes() == b"old" and no_temp_files(tmp_path)
-
-
-def zipped(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_url_source_reads_the_member_of_a_downloaded_zip(tmp_path):
