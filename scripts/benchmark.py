@@ -141,10 +141,10 @@ def main(argv=None) -> int:
     peak = practical_peak(args.peak_size, args.repeats)
     recipe = epoch_timing(config, ratings, args.repeats, args.epochs_per_repeat)
     experiment = recipe.pop("experiment")
-    recipe.pop("state")
+    del recipe["state"]
     no_dropout = epoch_timing(config_lib.replace(config, dropout=0.0), ratings, args.repeats,
                               args.epochs_per_repeat)
-    no_dropout.pop("experiment"), no_dropout.pop("state")
+    del no_dropout["experiment"], no_dropout["state"]
 
     step_flops = matmul_flops_per_step(config, experiment.row_width)
     steps_per_epoch = statistics.mean(experiment.steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import PurePosixPath, PureWindowsPath
 
 from autorec_jax.errors import DataError
 
@@ -58,9 +58,3 @@ def zip_member(archive: str | os.PathLike | bytes, member: str) -> bytes:
             raise DataError(f"member {member} cannot be read: the archive is truncated or "
                             f"corrupted ({err}); delete it and download it again",
                             path=shown) from None
-
-
-def member_names(archive: str | os.PathLike) -> list[str]:
-    zf, _ = _open_zip(Path(archive))
-    with zf:
-        return zf.namelist()

@@ -119,24 +119,14 @@ class _Input:
 
     def bytes(self) -> bytes:
         if self.data is None:
-            self.data = _read_bytes(self.path, self.shown)
+            try:
+                self.data = Path(self.path).read_bytes()
+            except OSError as err:
+                raise DataError(f"cannot read: {err.strerror}", path=self.shown) from None
         return self.data
 
     def for_pandas(self):
         return self.path if self.data is None else io.BytesIO(self.data)
-
-
-def _read_bytes(path, shown: str) -> bytes:
-    p = Path(path)
-    if p.is_dir():
-        raise DataError("is a folder, not a ratings file; pass the file itself", path=shown)
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise DataError("no such file; check the path (or pass --data-dir for a named "
-                        "dataset)", path=shown) from None
-    except OSError as err:
-        raise DataError(f"cannot read: {err.strerror}", path=shown) from None
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
