@@ -2,9 +2,23 @@
 
 Importing the package touches no device and loads JAX only when a JAX-backed name is first
 used (so `autorec_jax.data` works without it). The public API:
-  config presets   d2l(), tiny(), Config and its groups, replace()
-  training         train_and_evaluate(config, out_dir) -> TrainResult
-  pieces           AutoRec, create_model, train_step, train_epoch, eval_block, masked_sse
+  config        d2l(), tiny(), Config, DataConfig, ModelConfig, OptimConfig, TrainConfig,
+                replace()
+  a run         train_and_evaluate(config, out_dir, *, optimizer=, loss_fn=, grad_transform=,
+                entry_fields=) -> TrainResult; setup(...) -> (Experiment, TrainState);
+                run_epoch, evaluate(experiment, params)
+  own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=),
+                create_train_state(config, N, rng, *, optimizer=), Parallel
+  step pieces   train_step, train_epoch, step_keys, compute_grads, apply_grads, norm_metrics,
+                layer_norms, TrainState, StepKeys
+  loss seam     LossTerms, ModelOutputs, reconstruction_loss, masked_sse, loss_denominator,
+                observed_mask
+  optimiser     create_optimizer(optim_config), encoder_decoder_labels(params)
+  research      per_row_grads(state, batch, rng, *, config, loss_fn=)
+  model         AutoRec (forward / encode / decode), create_model, init_params
+  evaluator     eval_block, eval_blocks, summarize
+  errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
+                TrainingDivergedError
 """
 
 import importlib
@@ -14,16 +28,23 @@ from autorec_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, Tr
 from autorec_jax.errors import (AutoRecError, ChecksumError, ConfigError, DataError,
                                 SourceUnavailableError, TrainingDivergedError)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_LAZY = {
-    "eval_block": "autorec_jax.evaluate", "summarize": "autorec_jax.evaluate",
-    "masked_sse": "autorec_jax.losses",
-    "AutoRec": "autorec_jax.model", "create_model": "autorec_jax.model",
-    "TrainResult": "autorec_jax.train", "TrainState": "autorec_jax.train",
-    "create_train_state": "autorec_jax.train", "train_and_evaluate": "autorec_jax.train",
-    "train_epoch": "autorec_jax.train", "train_step": "autorec_jax.train",
+_LAZY_MODULES = {
+    "autorec_jax.evaluate": ("eval_block", "eval_blocks", "summarize"),
+    "autorec_jax.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch", "setup",
+                               "train_and_evaluate"),
+    "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",
+                           "observed_mask", "reconstruction_loss"),
+    "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
+    "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels"),
+    "autorec_jax.parallel": ("Parallel",),
+    "autorec_jax.research": ("per_row_grads",),
+    "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
+                          "create_train_state", "layer_norms", "make_train_step",
+                          "norm_metrics", "step_keys", "train_epoch", "train_step"),
 }
+_LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 
 def __getattr__(name):
@@ -32,10 +53,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'autorec_jax' has no attribute {name!r}")
 
 
-__all__ = [
-    "AutoRec", "AutoRecError", "ChecksumError", "Config", "ConfigError", "DataConfig",
-    "DataError", "ModelConfig", "OptimConfig", "SourceUnavailableError", "TrainConfig",
-    "TrainResult", "TrainState", "TrainingDivergedError", "create_model", "create_train_state",
-    "d2l", "eval_block", "masked_sse", "replace", "summarize", "tiny", "train_and_evaluate",
-    "train_epoch", "train_step",
-]
+__all__ = sorted([
+    "AutoRecError", "ChecksumError", "Config", "ConfigError", "DataConfig", "DataError",
+    "ModelConfig", "OptimConfig", "SourceUnavailableError", "TrainConfig",
+    "TrainingDivergedError", "d2l", "replace", "tiny", *_LAZY])

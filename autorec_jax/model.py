@@ -35,6 +35,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 class AutoRec(nn.Module):
     """h(r) = f(W . g(V . r + mu) + b), with dropout after each hidden layer when training.
 
+    The parameter tree (what `optax.multi_transform` labels and masks address):
+      {"hidden_0": {"kernel": [N, H0], "bias": [H0]}, ..., "hidden_{L-1}": {...},
+       "output": {"kernel": [H_{L-1}, N], "bias": [N]}}
+    "hidden_*" is the encoder (V, mu), "output" the decoder (W, b).
+
     Attributes:
       num_outputs: N, the width of a reconstructed row.
       hidden: widths of the hidden layers, encoder first; (500,) is the book's network.
@@ -54,20 +59,58 @@ class AutoRec(nn.Module):
     init_std: float = 0.01
     dropout_rng: str = "hash"
 
-    @nn.compact
-    def __call__(self, ratings_BxN: jax.Array, *, train: bool) -> jax.Array:
-        """Reconstructs rows: float32 [B, N] ratings (0 = unobserved) -> float32 [B, N]."""
+    def setup(self):
         kernel_init = nn.initializers.normal(stddev=self.init_std)
-        hidden_BxH = ratings_BxN
+        # Attribute names are the parameter names (hidden_0, ..., output).
         for i, width in enumerate(self.hidden):
-            hidden_BxH = nn.Dense(width, kernel_init=kernel_init, name=f"hidden_{i}")(hidden_BxH)
-            hidden_BxH = ACTIVATIONS[self.activation](hidden_BxH)
-            if self.dropout_rng == "jax":
-                hidden_BxH = nn.Dropout(self.dropout, deterministic=not train)(hidden_BxH)
-            elif train and self.dropout > 0:
-                hidden_BxH = hash_dropout(hidden_BxH, self.dropout, self.make_rng("dropout"))
-        output_BxN = nn.Dense(self.num_outputs, kernel_init=kernel_init, name="output")(hidden_BxH)
-        return ACTIVATIONS[self.output_activation](output_BxN)
+            setattr(self, f"hidden_{i}", nn.Dense(width, kernel_init=kernel_init))
+        self.output = nn.Dense(self.num_outputs, kernel_init=kernel_init)
+        if self.dropout_rng == "jax":
+            self.jax_dropout = nn.Dropout(self.dropout)
+
+    def forward(self, ratings_BxN: jax.Array, *, train: bool,
+                row_ids: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """Reconstruction and the hidden activations.
+
+        Args:
+          ratings_BxN: float32 [B, N] ratings, 0 = unobserved.
+          train: apply dropout (needs a "dropout" rng).
+          row_ids: int [B], each row's position in its batch, which seeds its hash-dropout
+            mask (default: 0..B-1). A single row given its batch position draws the mask it
+            had in the batch (see `autorec_jax.research.per_row_grads`).
+
+        Returns:
+          (pred float32 [B, N], activations of each hidden layer [B, H_i], before dropout).
+        """
+        code_BxH, activations = self._encode(ratings_BxN, train, row_ids)
+        return self.decode(code_BxH), activations
+
+    def encode(self, ratings_BxN: jax.Array, *, train: bool = False,
+               row_ids: jax.Array | None = None) -> jax.Array:
+        """The code the decoder reads: the last hidden layer [B, H] (after dropout if training)."""
+        return self._encode(ratings_BxN, train, row_ids)[0]
+
+    def decode(self, code_BxH: jax.Array) -> jax.Array:
+        """Code [B, H] -> reconstructed rows float32 [B, N]."""
+        return ACTIVATIONS[self.output_activation](self.output(code_BxH))
+
+    def __call__(self, ratings_BxN: jax.Array, *, train: bool,
+                 row_ids: jax.Array | None = None) -> jax.Array:
+        """Reconstructs rows: float32 [B, N] ratings (0 = unobserved) -> float32 [B, N]."""
+        return self.forward(ratings_BxN, train=train, row_ids=row_ids)[0]
+
+    def _encode(self, ratings_BxN, train, row_ids):
+        hidden_BxH, activations = ratings_BxN, []
+        for i in range(len(self.hidden)):
+            hidden_BxH = ACTIVATIONS[self.activation](getattr(self, f"hidden_{i}")(hidden_BxH))
+            activations.append(hidden_BxH)
+            if train and self.dropout > 0:
+                if self.dropout_rng == "jax":
+                    hidden_BxH = self.jax_dropout(hidden_BxH, deterministic=False)
+                else:
+                    hidden_BxH = hash_dropout(hidden_BxH, self.dropout,
+                                              self.make_rng("dropout"), row_ids)
+        return hidden_BxH, tuple(activations)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -79,8 +122,12 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hash_dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+def hash_dropout(x: jax.Array, rate: float, rng: jax.Array,
+                 row_ids: jax.Array | None = None) -> jax.Array:
     """Inverted dropout whose keep mask hashes (unit index, 64-bit seed drawn from `rng`).
+
+    The unit index of x[b, j] (x: [B, H]) is row_ids[b] * H + j, with row_ids = 0..B-1 by
+    default, so one row given its batch position gets exactly the mask it has in the batch.
 
     Each unit is dropped with probability `rate` (to 2^-32) independently of the others; the
     JAX PRNG draws only the two seed words, so a step's fresh `rng` gives a fresh mask. On
@@ -89,7 +136,12 @@ def hash_dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     tests/test_model.py).
     """
     seed = jax.random.bits(rng, (2,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    if row_ids is None:
+        counter = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    else:
+        width = x.shape[-1]
+        counter = (jnp.asarray(row_ids, jnp.uint32)[:, None] * jnp.uint32(width)
+                   + jax.lax.iota(jnp.uint32, width)[None, :])
     bits = _mix32(_mix32(counter ^ seed[0]) + seed[1])
     keep = bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
     return jnp.where(keep, x / (1.0 - rate), 0.0)

@@ -40,3 +40,11 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
         parts.insert(0 if config.decay_style == "coupled" else 1, decay)
     parts.append(optax.scale_by_learning_rate(config.lr))
     return optax.chain(*parts)
+
+
+def encoder_decoder_labels(params: PyTree) -> PyTree:
+    """"encoder" for every hidden_* leaf, "decoder" for the output layer's: the labels for
+    `optax.multi_transform({"encoder": ..., "decoder": ...}, encoder_decoder_labels)`."""
+    return {name: jax.tree.map(lambda _, n=name: "decoder" if n == "output" else "encoder",
+                               layer)
+            for name, layer in params.items()}

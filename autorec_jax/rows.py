@@ -17,32 +17,51 @@ from autorec_jax.data.ratings import RowMatrix
 
 @flax.struct.dataclass
 class DeviceRows:
-    """CSR rows on the device. Shapes: indptr [R + 1], cols [nnz], values [nnz]."""
+    """CSR rows on the device. Shapes: indptr [R + 1], cols [nnz], values [nnz].
+
+    `fields` holds extra per-entry arrays aligned with `values` (e.g. loss weights), each
+    densified beside the ratings into a batch field of its name.
+    """
 
     indptr: jax.Array
     cols: jax.Array
     values: jax.Array
     num_cols: int = flax.struct.field(pytree_node=False)
+    fields: dict = flax.struct.field(default_factory=dict)
 
 
-def to_device_rows(rows: RowMatrix, pad_to: int | None = None) -> DeviceRows:
+def to_device_rows(rows: RowMatrix, pad_to: int | None = None,
+                   fields: dict[str, np.ndarray] | None = None) -> DeviceRows:
     """Host CSR -> `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer.
 
     `pad_to` lengthens cols/values with unused zeros, so that several matrices share one
-    shape (and one compiled executable); entries past indptr[-1] are never read.
+    shape (and one compiled executable); entries past indptr[-1] are never read. `fields`
+    maps names to float arrays [nnz] in the CSR order of `rows` (`data.ratings.csr_order`).
     """
     size = max(rows.nnz, pad_to or 0, 1)
     if size >= np.iinfo(np.int32).max:
         raise ValueError(f"{rows.nnz} stored entries exceed int32 indexing")
-    cols = np.zeros(size, np.int32)
-    values = np.zeros(size, np.float32)
-    cols[:rows.nnz], values[:rows.nnz] = rows.cols, rows.values
-    return DeviceRows(indptr=np.asarray(rows.indptr, np.int32), cols=cols, values=values,
-                      num_cols=rows.num_cols)
+
+    def padded(array, dtype):
+        out = np.zeros(size, dtype)
+        out[:rows.nnz] = array
+        return out
+
+    extra = {}
+    for name, array in (fields or {}).items():
+        if np.shape(array) != (rows.nnz,):
+            raise ValueError(f"entry field {name!r} has shape {np.shape(array)}; expected "
+                             f"one value per training rating ({rows.nnz},)")
+        extra[name] = padded(array, np.float32)
+    return DeviceRows(indptr=np.asarray(rows.indptr, np.int32), cols=padded(rows.cols, np.int32),
+                      values=padded(rows.values, np.float32), num_cols=rows.num_cols,
+                      fields=extra)
 
 
 def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
     """Dense ratings of the rows `index_B`: float32 [B, N], 0 where unobserved.
+
+    (`densify_fields` also densifies the extra per-entry fields.)
 
     Args:
       rows: the CSR rows.
@@ -51,6 +70,12 @@ def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
         (see `data.batching.max_nnz`); entries beyond it would be dropped, so callers size it
         exactly.
     """
+    return densify_fields(rows, index_B, max_nnz, with_fields=False)["ratings"]
+
+
+def densify_fields(rows: DeviceRows, index_B: jax.Array, max_nnz: int, *,
+                   with_fields: bool = True) -> dict[str, jax.Array]:
+    """{"ratings": [B, N], **fields: [B, N]} of the rows `index_B`, 0 where unobserved."""
     batch, width = index_B.shape[0], rows.num_cols
     if batch * width >= np.iinfo(np.int32).max:
         raise ValueError(f"a batch of {batch} rows x {width} columns exceeds int32 indexing; "
@@ -66,5 +91,7 @@ def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
     shift = jnp.append(starts - (ends - lengths), 0)
     pos = jnp.minimum(jnp.arange(max_nnz, dtype=jnp.int32) + shift[slot], rows.cols.shape[0] - 1)
     flat = jnp.where(slot < batch, slot * width + rows.cols[pos], batch * width)
-    dense = jnp.zeros(batch * width, rows.values.dtype)
-    return dense.at[flat].set(rows.values[pos], mode="drop").reshape(batch, width)
+    arrays = {"ratings": rows.values, **(rows.fields if with_fields else {})}
+    return {name: jnp.zeros(batch * width, values.dtype).at[flat].set(
+                values[pos], mode="drop").reshape(batch, width)
+            for name, values in arrays.items()}

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from autorec_jax import config as config_lib, reporting  # noqa: E402
 from autorec_jax.data import batching  # noqa: E402
-from autorec_jax.train import evaluate, run_epoch, setup  # noqa: E402
+from autorec_jax.experiment import evaluate, run_epoch, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
 
-    from autorec_jax.train import train_and_evaluate  # imports JAX's backends lazily
+    from autorec_jax.experiment import train_and_evaluate  # imports JAX's backends lazily
 
     try:
         result = train_and_evaluate(config, args.out)

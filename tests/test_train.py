@@ -16,7 +16,8 @@ from autorec_jax.errors import TrainingDivergedError
 from autorec_jax.losses import observed_mask
 from autorec_jax.parallel import Parallel
 from autorec_jax.rows import to_device_rows
-from autorec_jax.train import create_train_state, train_and_evaluate, train_epoch, train_step
+from autorec_jax.experiment import train_and_evaluate
+from autorec_jax.train import create_train_state, train_epoch, train_step
 from synthetic import random_ratings
 
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
@@ -124,7 +125,7 @@ def run_epochs(parallel, config, rows, index_SxB, epochs=2):
     fn = parallel.compile(functools.partial(
         train_epoch, config=config,
         max_nnz=batching.max_nnz(rows.row_lengths, parallel.rows_per_device(index_SxB.shape[1]),
-                                 repeats)), num_args=4, donate_carry=True)
+                                 repeats)), in_axes=(None, None, 0, None), donate_argnums=(0,))
     state = parallel.replicate(create_train_state(config, rows.num_cols, jax.random.key(0)))
     data = parallel.replicate(to_device_rows(rows))
     rng = parallel.replicate(jax.random.key(3))

@@ -203,7 +203,25 @@ class RowMatrix:
 
 
 def row_matrix(ratings: Ratings, orientation: str = "item") -> RowMatrix:
-    """CSR rows of R: items x users for "item" (I-AutoRec), users x items for "user"."""
+    """CSR rows of R: items x users for "item" (I-AutoRec), users x items for "user".
+
+    Entry k of the CSR is rating `csr_order(ratings, orientation)[k]` of `ratings`.
+    """
+    rows, cols, num_rows, num_cols = _row_col(ratings, orientation)
+    order = csr_order(ratings, orientation)
+    indptr = np.zeros(num_rows + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=num_rows), out=indptr[1:])
+    return RowMatrix(indptr=indptr, cols=cols[order].astype(np.int32),
+                     values=ratings.ratings[order].astype(np.float32), num_cols=num_cols)
+
+
+def csr_order(ratings: Ratings, orientation: str = "item") -> np.ndarray:
+    """The permutation taking `ratings`' entries to the CSR order of `row_matrix`."""
+    rows, cols, _, _ = _row_col(ratings, orientation)
+    return np.lexsort((cols, rows))
+
+
+def _row_col(ratings: Ratings, orientation: str):
     if orientation == "item":
         rows, cols, num_rows, num_cols = ratings.items, ratings.users, ratings.num_items, \
             ratings.num_users
@@ -212,11 +230,7 @@ def row_matrix(ratings: Ratings, orientation: str = "item") -> RowMatrix:
             ratings.num_items
     else:
         raise ValueError(f"orientation must be 'item' or 'user', got {orientation!r}")
-    order = np.lexsort((cols, rows))
-    indptr = np.zeros(num_rows + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=num_rows), out=indptr[1:])
-    return RowMatrix(indptr=indptr, cols=cols[order].astype(np.int32),
-                     values=ratings.ratings[order].astype(np.float32), num_cols=num_cols)
+    return rows, cols, num_rows, num_cols
 
 
 def to_dense(rows: RowMatrix) -> np.ndarray:
