@@ -31,7 +31,7 @@ from autorec_jax.errors import (AutoRecError, ChecksumError, ConfigError, DataEr
 __version__ = "0.2.0"
 
 _LAZY_MODULES = {
-    "autorec_jax.evaluate": ("eval_block", "eval_blocks", "summarize"),
+    "autorec_jax.evaluator": ("eval_block", "eval_blocks", "summarize"),
     "autorec_jax.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch", "setup",
                                "train_and_evaluate"),
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",

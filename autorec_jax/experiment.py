@@ -20,7 +20,7 @@ from autorec_jax.config import Config, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
 from autorec_jax.errors import TrainingDivergedError
-from autorec_jax.evaluate import EvalData, eval_blocks, summarize
+from autorec_jax.evaluator import EvalData, eval_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.parallel import CompiledOnFirstUse, Parallel
 from autorec_jax.rows import DeviceRows, to_device_rows

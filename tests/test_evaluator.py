@@ -8,7 +8,7 @@ import pytest
 
 from autorec_jax.data import batching, splits
 from autorec_jax.data.ratings import row_matrix, to_dense
-from autorec_jax.evaluate import EvalData, eval_blocks, summarize
+from autorec_jax.evaluator import EvalData, eval_blocks, summarize
 from autorec_jax.model import AutoRec, init_params
 from autorec_jax.rows import to_device_rows
 from synthetic import random_ratings
@@ -67,11 +67,21 @@ def test_blocked_accumulation_equals_whole_set(setting):
 
 
 def test_clipping_applies_only_when_asked(setting):
-    _, params, train_rows, test_rows, _ = setting
+    model, params, train_rows, test_rows, data = setting
+    # Spread the predictions over [1, 5] so that the clip range (2, 4) cuts some on each
+    # side and leaves others: a constant or an unclipped prediction would then fail.
+    spread = np.random.default_rng(0).uniform(1.0, 5.0, train_rows.num_cols)
+    params = {**params, "output": {**params["output"], "bias": spread.astype(np.float32)}}
     recons = numpy_forward(params, to_dense(train_rows).astype(np.float64))
     test = to_dense(test_rows).astype(np.float64)
+    at_test = recons[test != 0]
+    assert (at_test < 2).any() and (at_test > 4).any() and ((at_test > 2) & (at_test < 4)).any()
+    setting = (model, params, train_rows, test_rows, data)
     clipped = summarize(run_eval(setting, 8, clip_range=(2.0, 4.0)))
     assert clipped["rmse"] == pytest.approx(book_rmse(test, np.clip(recons, 2, 4)), rel=1e-6)
+    plain = summarize(run_eval(setting, 8))
+    assert plain["rmse"] == pytest.approx(book_rmse(test, recons), rel=1e-6)
+    assert abs(plain["rmse"] - clipped["rmse"]) > 1e-3
 
 
 def test_scores_depend_on_test_ratings_only_as_targets(setting):
