@@ -1,4 +1,4 @@
-"""Run records on disk (metrics.jsonl, summary.json) and the environment they came from.
+"""Run records on disk (metrics.jsonl/.csv, summary.json) and the environment they came from.
 
 Files are written whole to a temp file and renamed, so a crash never leaves a half-written
 record and an earlier complete file stays readable until the new one replaces it.
@@ -6,7 +6,10 @@ record and an earlier complete file stays readable until the new one replaces it
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +38,34 @@ def write_json(path: Path, obj) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def finite_or_none(obj):
+    """`obj` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    """One JSON object per line; non-finite floats become null, so strict parsers read it."""
+    text = "".join(json.dumps(finite_or_none(r), sort_keys=True, allow_nan=False) + "\n"
+                   for r in records)
     atomic_write_bytes(Path(path), text.encode())
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    """The records as CSV: columns are the union of their keys in first-seen order; None
+    and non-finite floats are empty cells."""
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    if columns:
+        writer.writerow(columns)
+    for record in records:
+        row = finite_or_none([record.get(c) for c in columns])
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
+                         for v in row])
+    atomic_write_bytes(Path(path), buffer.getvalue().encode())
