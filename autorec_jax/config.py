@@ -56,7 +56,8 @@ class DataConfig:
     ratings: str | None = None     # a ratings file (or Netflix folder) to use instead
     ratings_format: str = "auto"   # "delimited", "netflix" (MovieID: blocks), "auto": detect
     sep: str | None = None         # field separator of `ratings`; None: sniffed
-    columns: str = "user,item,rating,timestamp"  # fields of `ratings` in order; "-" skips one
+    columns: str | None = None     # fields of `ratings` in order, "-" skips one (e.g.
+                                   # user,item,rating,-); None: user,item,rating[,timestamp]
     header: str = "auto"           # first line of `ratings` is a header: auto, yes, no
     rating_scale: tuple[float, ...] | None = None  # (min, max) ratings must lie in; None: the
                                    # named dataset's scale, unchecked for `ratings` files
@@ -100,8 +101,9 @@ class DataConfig:
     def format(self):
         """The `readers.Format` for a `ratings` file."""
         from autorec_jax.data.readers import Format
-        return Format(sep=self.sep, columns=tuple(c.strip() for c in self.columns.split(",")),
-                      header=self.header,
+        columns = None if self.columns is None else tuple(
+            c.strip() for c in self.columns.split(","))
+        return Format(sep=self.sep, columns=columns, header=self.header,
                       rating_scale=None if self.rating_scale is None else tuple(
                           float(v) for v in self.rating_scale),
                       duplicates=self.duplicates, id_type=self.id_type)

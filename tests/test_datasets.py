@@ -95,6 +95,16 @@ def test_data_stats_prints_counts_histogram_time_and_memory(tmp_path):
     assert out["load_seconds"] > 0 and out["peak_memory_bytes"] > 0
 
 
+def test_data_stats_reads_a_plain_user_item_rating_csv_with_no_flags(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("1,10,5\n2,10,3\n2,11,4\n")
+    done = run_cli("stats", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["ratings"], out["users"], out["items"]) == (3, 2, 2)
+    assert "first_timestamp" not in out
+
+
 @pytest.mark.parametrize("args, words", [
     (["stats", "{dir}/bad.tsv"], "bad.tsv:3: rating 'x' is not a number"),
     (["stats", "{dir}/missing.tsv"], "missing.tsv: no such file"),
