@@ -17,6 +17,10 @@ import math
 
 from autorec_jax.errors import ConfigError
 
+# The named datasets of data/movielens.py (a test checks they match), listed here so that
+# validating a config imports no data code.
+DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
+SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
 SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "ml100k-u2",
@@ -42,6 +46,10 @@ def _check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seed(value) -> bool:
+    return _is_int(value) and 0 <= value < SEED_LIMIT
 
 
 def _is_real(value) -> bool:
@@ -74,8 +82,7 @@ class DataConfig:
     orientation: str = "item"      # "item": I-AutoRec, rows are items; "user": U-AutoRec
 
     def __post_init__(self):
-        _check(isinstance(self.dataset, str) and bool(self.dataset), "data.dataset",
-               "a dataset name", self.dataset)
+        _check_choice(self.dataset, "data.dataset", DATASETS)
         _check_choice(self.ratings_format, "data.ratings_format", RATINGS_FORMATS)
         _check_choice(self.split, "data.split", SPLITS)
         _check(_is_real(self.test_ratio) and 0.0 < self.test_ratio < 1.0, "data.test_ratio",
@@ -88,8 +95,8 @@ class DataConfig:
                f"an integer in [0, {self.folds})", self.fold)
         _check(_is_int(self.leave_last) and self.leave_last >= 1, "data.leave_last",
                "an integer >= 1", self.leave_last)
-        _check(self.split_seed is None or (_is_int(self.split_seed) and self.split_seed >= 0),
-               "data.split_seed", "None or an integer >= 0", self.split_seed)
+        _check(self.split_seed is None or _is_seed(self.split_seed), "data.split_seed",
+               "None or an integer in [0, 2**32)", self.split_seed)
         _check_choice(self.orientation, "data.orientation", ORIENTATIONS)
         _check(self.rating_scale is None or (
             len(self.rating_scale) == 2 and all(_is_real(v) for v in self.rating_scale)
@@ -199,7 +206,7 @@ class Config:
                                      # shuffling and dropout
 
     def __post_init__(self):
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _check(_is_seed(self.seed), "seed", "an integer in [0, 2**32)", self.seed)
 
     @property
     def split_seed(self) -> int:

@@ -130,6 +130,13 @@ def test_train_cli_malformed_ratings_exit_1_one_line(tmp_path):
     assert "bad.tsv:2: 5 field(s) where 4 are expected" in done.stderr
 
 
+def test_train_cli_unknown_dataset_is_a_usage_error_exit_2():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--dataset",
+                           "ml-2m", "--compilation-cache", "off"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "data.dataset must be one of ml-100k" in done.stderr and "'ml-2m'" in done.stderr
+
+
 def test_data_split_writes_a_partition_that_reads_back(tmp_path):
     r = random_ratings(num_users=30, num_items=20, seed=9)
     path = tmp_path / "ratings.tsv"
