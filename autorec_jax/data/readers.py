@@ -193,8 +193,8 @@ def _sniff_separator(first: tuple[int, str], fmt: Format, shown: str) -> str:
     sep = max(SEPARATORS, key=lambda s: len(_split(line, s)))
     if len(_split(line, sep)) <= 1:
         raise DataError(f"cannot tell the separator: no tab, '::', ',', ';', '|' or space "
-                        f"separates fields, and {_expected_text(fmt)}; pass --sep",
-                        path=shown, line=number)
+                        f"splits the line into fields, where {_expected_text(fmt)}; pass "
+                        "--sep", path=shown, line=number)
     raise DataError(_count_message(line, sep, fmt), path=shown, line=number)
 
 
