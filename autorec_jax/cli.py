@@ -2,7 +2,8 @@
 
 Every field `f` of group `g` is accepted as `--f` and as `--g.f` (underscores may be written
 as dashes). Values are parsed by the field's type: int, float, str, bool (true/false),
-optional (none), tuple of ints (comma-separated, e.g. `--hidden 500,250,500`).
+optional (none), tuple of ints (comma-separated, e.g. `--hidden 500,250,500`; an empty
+element, as in `500,,2`, is an error rather than dropped).
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ def _parse_str(text: str) -> str:
     return {"tab": "\t", "\\t": "\t", "space": " "}.get(text, text)
 
 
+def _parse_tuple(text: str, parse, expected: str) -> tuple:
+    """Comma-separated values; an empty element is refused, not silently dropped."""
+    parts = [x.strip() for x in text.split(",")]
+    if "" in parts:
+        # argparse prefixes the flag's names, so the message names the field.
+        raise argparse.ArgumentTypeError(
+            f"empty element in {text!r}; give comma-separated {expected}")
+    return tuple(parse(x) for x in parts)
+
+
 def _value_parser(annotation: str):
     """A text -> value parser for a field annotation such as 'int | None'."""
     optional = annotation.endswith("| None")
     base = annotation.replace("| None", "").strip()
     parsers = {"int": int, "float": float, "str": _parse_str, "bool": _parse_bool,
-               "tuple[int, ...]": lambda t: tuple(int(x) for x in t.split(",") if x.strip()),
-               "tuple[float, ...]": lambda t: tuple(float(x) for x in t.split(",")
-                                                    if x.strip())}
+               "tuple[int, ...]": lambda t: _parse_tuple(t, int, "integers, e.g. 500,250,500"),
+               "tuple[float, ...]": lambda t: _parse_tuple(t, float, "numbers, e.g. 1,5")}
     if base not in parsers:
         raise TypeError(f"no flag parser for annotation {annotation!r}")
     parse = parsers[base]

@@ -17,6 +17,10 @@ import math
 
 from autorec_jax.errors import ConfigError
 
+# The named datasets of data/movielens.py (a test checks they match), listed here so that
+# validating a config imports no data code.
+DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
+SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
 SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "ml100k-u2",
@@ -44,6 +48,10 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_seed(value) -> bool:
+    return _is_int(value) and 0 <= value < SEED_LIMIT
+
+
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -56,7 +64,8 @@ class DataConfig:
     ratings: str | None = None     # a ratings file (or Netflix folder) to use instead
     ratings_format: str = "auto"   # "delimited", "netflix" (MovieID: blocks), "auto": detect
     sep: str | None = None         # field separator of `ratings`; None: sniffed
-    columns: str = "user,item,rating,timestamp"  # fields of `ratings` in order; "-" skips one
+    columns: str | None = None     # fields of `ratings` in order, "-" skips one (e.g.
+                                   # user,item,rating,-); None: user,item,rating[,timestamp]
     header: str = "auto"           # first line of `ratings` is a header: auto, yes, no
     rating_scale: tuple[float, ...] | None = None  # (min, max) ratings must lie in; None: the
                                    # named dataset's scale, unchecked for `ratings` files
@@ -73,8 +82,7 @@ class DataConfig:
     orientation: str = "item"      # "item": I-AutoRec, rows are items; "user": U-AutoRec
 
     def __post_init__(self):
-        _check(isinstance(self.dataset, str) and bool(self.dataset), "data.dataset",
-               "a dataset name", self.dataset)
+        _check_choice(self.dataset, "data.dataset", DATASETS)
         _check_choice(self.ratings_format, "data.ratings_format", RATINGS_FORMATS)
         _check_choice(self.split, "data.split", SPLITS)
         _check(_is_real(self.test_ratio) and 0.0 < self.test_ratio < 1.0, "data.test_ratio",
@@ -87,8 +95,8 @@ class DataConfig:
                f"an integer in [0, {self.folds})", self.fold)
         _check(_is_int(self.leave_last) and self.leave_last >= 1, "data.leave_last",
                "an integer >= 1", self.leave_last)
-        _check(self.split_seed is None or (_is_int(self.split_seed) and self.split_seed >= 0),
-               "data.split_seed", "None or an integer >= 0", self.split_seed)
+        _check(self.split_seed is None or _is_seed(self.split_seed), "data.split_seed",
+               "None or an integer in [0, 2**32)", self.split_seed)
         _check_choice(self.orientation, "data.orientation", ORIENTATIONS)
         _check(self.rating_scale is None or (
             len(self.rating_scale) == 2 and all(_is_real(v) for v in self.rating_scale)
@@ -100,8 +108,9 @@ class DataConfig:
     def format(self):
         """The `readers.Format` for a `ratings` file."""
         from autorec_jax.data.readers import Format
-        return Format(sep=self.sep, columns=tuple(c.strip() for c in self.columns.split(",")),
-                      header=self.header,
+        columns = None if self.columns is None else tuple(
+            c.strip() for c in self.columns.split(","))
+        return Format(sep=self.sep, columns=columns, header=self.header,
                       rating_scale=None if self.rating_scale is None else tuple(
                           float(v) for v in self.rating_scale),
                       duplicates=self.duplicates, id_type=self.id_type)
@@ -197,7 +206,7 @@ class Config:
                                      # shuffling and dropout
 
     def __post_init__(self):
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _check(_is_seed(self.seed), "seed", "an integer in [0, 2**32)", self.seed)
 
     @property
     def split_seed(self) -> int:

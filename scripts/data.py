@@ -9,9 +9,10 @@
 
 `stats` prints counts, density, the rating histogram, load time (parse, validation and id
 mapping) and the process's peak memory; `split` writes train/valid/test files (raw ids,
-tab-separated) and split.json. Format and split options are the data flags of
-scripts/train.py. A malformed file exits with status 1 and a one-line error naming the file
-and line.
+tab-separated) and split.json, replacing those of an earlier split in the same folder (and
+only those). Format and split options are the data flags of scripts/train.py. A bad flag or
+--out exits with status 2, a malformed file with status 1; each with a one-line error
+naming the file (and line) and the fix.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax import cli, config as config_lib  # noqa: E402
+from autorec_jax import cli, config as config_lib, preflight  # noqa: E402
 from autorec_jax.data import loading, movielens  # noqa: E402
-from autorec_jax.data.sources import atomic_path  # noqa: E402
+from autorec_jax.data.sources import atomic_path, clean_stale_temps  # noqa: E402
 from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
 
 
@@ -85,13 +86,25 @@ def stats(config: config_lib.Config, as_json: bool) -> None:
     print(f"peak memory  {out['peak_memory_bytes'] / 2**20:,.0f} MiB (process maximum RSS)")
 
 
+PARTS = ("train", "valid", "test")
+RECORD = "split.json"  # with PARTS' .tsv files, all that `split` owns in its folder
+
+
 def split(config: config_lib.Config, out_dir: str, as_json: bool) -> None:
+    """Writes the split's parts, then split.json; an earlier split's files never survive.
+
+    split.json is removed first and written last, so a folder holding it holds one whole
+    split.
+    """
     ratings = loading.load_ratings(config.data)
     train, valid, test = loading.load_split(config.data, config.split_seed, ratings)
     out = Path(out_dir)
+    clean_stale_temps(out)
+    (out / RECORD).unlink(missing_ok=True)
     counts = {}
-    for name, part in (("train", train), ("valid", valid), ("test", test)):
+    for name, part in zip(PARTS, (train, valid, test)):
         if name == "valid" and not len(part):
+            (out / f"{name}.tsv").unlink(missing_ok=True)  # an earlier split's carve-out
             continue
         with atomic_path(out / f"{name}.tsv") as tmp:
             _write_part(tmp, part)
@@ -103,7 +116,7 @@ def split(config: config_lib.Config, out_dir: str, as_json: bool) -> None:
               "files": {k: f"{k}.tsv" for k in counts},
               "columns": "user\titem\trating" + (
                   "\ttimestamp" if ratings.timestamps is not None else "")}
-    with atomic_path(out / "split.json") as tmp:
+    with atomic_path(out / RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     if as_json:
         print(json.dumps(record))
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = data_config(args)
+        if args.command == "split":
+            preflight.check_out_dir(args.out)  # before the data is loaded
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:

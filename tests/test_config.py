@@ -37,12 +37,26 @@ def test_d2l_preset_is_the_books_recipe():
     ("test_ratio", 1.0, "data.test_ratio"),
     ("split", "temporal", "data.split"),
     ("seed", -1, "seed must be"),
+    ("seed", 2**32, "seed must be an integer in [0, 2"),
+    ("split_seed", 2**32, "data.split_seed must be None or an integer in [0, 2"),
+    ("dataset", "ml-2m", "data.dataset must be one of ml-100k, ml-1m"),
+    ("dataset", "", "data.dataset"),
     ("decay_biases", "yes", "optim.decay_biases"),
 ])
 def test_replace_rejects_impossible_values_naming_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)")):
         config_lib.replace(config_lib.d2l(), **{field: value})
+
+
+def test_largest_seeds_are_accepted():
+    c = config_lib.replace(config_lib.d2l(), seed=2**32 - 1, split_seed=2**32 - 1)
+    assert c.split_seed == 2**32 - 1
+
+
+def test_dataset_names_match_the_registry():
+    from autorec_jax.data import movielens
+    assert config_lib.DATASETS == movielens.DATASETS
 
 
 def test_replace_accepts_plain_and_dotted_names_and_keeps_the_rest():
@@ -101,3 +115,19 @@ def test_unknown_flag_and_unparsable_value_exit_with_status_2():
         with pytest.raises(SystemExit) as exit_info:
             _parse(argv)
         assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--hidden", "500,,2"], ["--hidden", "500,"],
+                                  ["--hidden", ""], ["--rating-scale", "1,,5"]])
+def test_tuple_flag_with_an_empty_element_exits_2_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument {argv[0]}/" in err and f"empty element in {argv[1]!r}" in err
+
+
+def test_default_columns_take_an_optional_timestamp():
+    assert config_lib.d2l().data.columns is None and config_lib.d2l().data.format().columns is None
+    c = _parse(["--columns", "user,item,rating,-"])
+    assert c.data.format().columns == ("user", "item", "rating", "-")

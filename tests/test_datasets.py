@@ -13,7 +13,7 @@ from autorec_jax import config as config_lib
 from autorec_jax.data import loading, movielens, sources
 from autorec_jax.data.sources import FileSpec, Source
 from autorec_jax.errors import DataError, SourceUnavailableError
-from synthetic import random_ratings, zipped
+from synthetic import random_ratings, udata_text, zipped
 
 REPO = Path(__file__).resolve().parent.parent
 ML1M_LINES = b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
@@ -95,6 +95,16 @@ def test_data_stats_prints_counts_histogram_time_and_memory(tmp_path):
     assert out["load_seconds"] > 0 and out["peak_memory_bytes"] > 0
 
 
+def test_data_stats_reads_a_plain_user_item_rating_csv_with_no_flags(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("1,10,5\n2,10,3\n2,11,4\n")
+    done = run_cli("stats", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["ratings"], out["users"], out["items"]) == (3, 2, 2)
+    assert "first_timestamp" not in out
+
+
 @pytest.mark.parametrize("args, words", [
     (["stats", "{dir}/bad.tsv"], "bad.tsv:3: rating 'x' is not a number"),
     (["stats", "{dir}/missing.tsv"], "missing.tsv: no such file"),
@@ -120,6 +130,13 @@ def test_train_cli_malformed_ratings_exit_1_one_line(tmp_path):
     assert "bad.tsv:2: 5 field(s) where 4 are expected" in done.stderr
 
 
+def test_train_cli_unknown_dataset_is_a_usage_error_exit_2():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--dataset",
+                           "ml-2m", "--compilation-cache", "off"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "data.dataset must be one of ml-100k" in done.stderr and "'ml-2m'" in done.stderr
+
+
 def test_data_split_writes_a_partition_that_reads_back(tmp_path):
     r = random_ratings(num_users=30, num_items=20, seed=9)
     path = tmp_path / "ratings.tsv"
@@ -137,6 +154,36 @@ def test_data_split_writes_a_partition_that_reads_back(tmp_path):
         rows += lines
     original = path.read_text().splitlines()
     assert sorted(rows) == sorted(original)
+
+
+def test_data_split_into_a_used_folder_replaces_only_the_earlier_splits_files(tmp_path):
+    r = random_ratings(num_users=30, num_items=20, seed=9)
+    path = tmp_path / "ratings.tsv"
+    path.write_text(udata_text(r))
+    out = tmp_path / "split"
+    done = run_cli("split", str(path), "--split", "ratio", "--valid-ratio", "0.2", "--out",
+                   str(out))
+    assert done.returncode == 0 and (out / "valid.tsv").exists(), done.stderr
+    (out / "notes.txt").write_text("mine")
+    done = run_cli("split", str(path), "--split", "ratio", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "split.json", "test.tsv",
+                                                     "train.tsv"]
+    rows = (out / "train.tsv").read_text().splitlines() + (
+        out / "test.tsv").read_text().splitlines()
+    assert sorted(rows) == sorted(path.read_text().splitlines())
+    assert json.loads((out / "split.json").read_text())["files"] == {
+        "train": "train.tsv", "test": "test.tsv"}
+
+
+@pytest.mark.parametrize("out, words", [("{dir}/taken.txt", "taken.txt: is a file, not a folder"),
+                                        ("", "--out is empty")])
+def test_data_split_out_that_is_a_file_or_empty_exits_2_before_loading(tmp_path, out, words):
+    (tmp_path / "taken.txt").write_text("keep me")
+    done = run_cli("split", str(tmp_path / "missing.tsv"), "--out", out.format(dir=tmp_path))
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and words in done.stderr
+    assert (tmp_path / "taken.txt").read_text() == "keep me"
 
 
 def test_training_on_a_ratings_file_records_data_split_and_ids(tmp_path):

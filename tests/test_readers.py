@@ -29,6 +29,9 @@ def write(tmp_path, content: bytes, name="ratings.txt"):
      ([1, 2], [10, 20], [4, 5], None)),
     (b"a b 3\nc b 2\n", {"sep": " ", "columns": ("user", "item", "rating")},
      (["a", "c"], ["b", "b"], [3, 2], None)),
+    (b"1,10,3\n2,20,4.5\n", {}, ([1, 2], [10, 20], [3, 4.5], None)),
+    (b"user,item,rating\nu1,i1,5\n", {}, (["u1"], ["i1"], [5], None)),
+    (b"1\t10\t3\n2\t20\t4\n", {"sep": "\t"}, ([1, 2], [10, 20], [3, 4], None)),
 ])
 def test_accepted_formats(tmp_path, content, fmt, expected):
     r = read_ratings(write(tmp_path, content), Format(**fmt))
@@ -50,7 +53,12 @@ def test_duplicate_policies(tmp_path):
 BAD = [  # (content, format, expected line or None, words the message must hold)
     (b"1\t2\t3\t4\n5\t6\t4\t8\t9\n", {}, 2, "5 field(s) where 4 are expected"),
     (b"1\t2\t3\t4\n5\t6\t4\n", {}, 2, "3 field(s) where 4 are expected"),
-    (b"1\t2\t3\n", {"sep": "\t"}, 1, "3 field(s) where 4"),
+    (b"1\t2\t3\n", {"sep": "\t", "columns": ("user", "item", "rating", "timestamp")}, 1,
+     "3 field(s) where 4"),
+    (b"1\t2\t3\n4\t5\t6\t7\n", {}, 2, "4 field(s) where 3 are expected"),
+    (b"1\t2\t3\t4\t5\n", {}, 1, "--columns user,item,rating,timestamp,-"),
+    (b"1,2\n", {}, 1, "needs user, item and rating"),
+    (b"1#2#3\n", {}, 1, "cannot tell the separator"),
     (b"1\t2\t3\t4\n\n\n5\t6\tfour\t8\n", {}, 4, "rating 'four' is not a number"),
     (b"1\t2\t3\t4\n5\t6\tnan\t8\n", {}, 2, "not a finite number"),
     (b"1\t2\t3\t4\n5\t6\tinf\t8\n", {}, 2, "not a finite number"),
@@ -67,7 +75,7 @@ BAD = [  # (content, format, expected line or None, words the message must hold)
     (b"a\t2\t3\t4\n", {"id_type": "int"}, 1, "pass --id-type str"),
     (b"1::2::3::4\n5:6::4::8\n", {}, 2, "3 field(s) where 4"),
     (b"1\t2\t0\t4\n", {}, 1, "rating 0"),
-    (b"1;2;3;4;5;6\n", {}, 1, "cannot tell the separator"),
+    (b"1;2;3;4;5;6\n", {}, 1, "6 field(s) separated by ';' where 3 or 4 are expected"),
 ]
 
 
@@ -80,6 +88,19 @@ def test_bad_input_names_file_line_and_fix(tmp_path, content, fmt, line, words):
     assert message.startswith(f"{path}:{line}: " if line else f"{path}: ")
     assert words in message and "\n" not in message
     assert info.value.line == line and info.value.path == str(path)
+
+
+def test_plain_three_field_csv_reads_by_default(tmp_path):
+    r = read_ratings(write(tmp_path, b"1,10,4\n2,10,3\n2,11,5\n"))
+    assert (len(r), r.num_users, r.num_items, r.timestamps) == (3, 2, 2, None)
+
+
+def test_wrong_field_count_suggests_columns_not_the_separator(tmp_path):
+    with pytest.raises(DataError) as info:
+        read_ratings(write(tmp_path, b"1,10,4,100,x\n"))
+    message = str(info.value)
+    assert "5 field(s)" in message and "--columns user,item,rating,timestamp,-" in message
+    assert "--sep" not in message and "separator looks like" not in message
 
 
 def test_missing_file_and_folder(tmp_path):
@@ -123,14 +144,18 @@ LINE = st.lists(FIELD, min_size=0, max_size=6).map("\t".join)
 FILE = st.lists(LINE, min_size=0, max_size=8).map("\n".join)
 
 
-def reference_parse(text: str):
-    """What a correct reader returns for a 4-column tab file without header, or None."""
-    rows = []
+def reference_parse(text: str, counts=(4,)):
+    """What a correct reader returns for a tab file without header whose lines all have the
+    first line's number of fields, one of `counts` (4: with timestamps), or None."""
+    rows, count = [], None
     for line in text.encode("utf-8").splitlines():
         if not line.strip():
             continue
         fields = [f.strip() for f in line.decode("utf-8").split("\t")]
-        if len(fields) != 4 or integer(fields[3]) is None or not fields[0] or not fields[1]:
+        count = count or len(fields)
+        if len(fields) != count or count not in counts or not fields[0] or not fields[1]:
+            return None
+        if count == 4 and integer(fields[3]) is None:
             return None
         try:
             rating = float(fields[2])
@@ -138,7 +163,7 @@ def reference_parse(text: str):
             return None
         if not np.isfinite(rating) or rating == 0 or not NUMBER.match(fields[2]):
             return None
-        rows.append((fields[0], fields[1], rating, integer(fields[3])))
+        rows.append((fields[0], fields[1], rating, integer(fields[3]) if count == 4 else None))
     if not rows or len({(u, i) for u, i, _, _ in rows}) != len(rows):
         return None
     return rows
@@ -146,18 +171,19 @@ def reference_parse(text: str):
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(FILE)
-def test_random_files_parse_correctly_or_raise_data_error(tmp_path, text):
+@given(FILE, st.sampled_from([("user", "item", "rating", "timestamp"), None]))
+def test_random_files_parse_correctly_or_raise_data_error(tmp_path, text, columns):
     path = write(tmp_path, text.encode("utf-8"))
     try:
-        got = read_ratings(path, Format(sep="\t", header="no"))
+        got = read_ratings(path, Format(sep="\t", header="no", columns=columns))
     except DataError:
         return
-    expected = reference_parse(text)
+    expected = reference_parse(text, (4,) if columns else (3, 4))
     assert expected is not None, f"accepted a malformed file: {text!r}"
     as_int = all(integer(u) is not None and integer(i) is not None for u, i, _, _ in expected)
     norm = integer if as_int else (lambda x: x)
     rows = sorted((norm(u), norm(i), np.float32(r), t) for u, i, r, t in expected)
+    times = got.timestamps.tolist() if got.timestamps is not None else [None] * len(got)
     ours = sorted(zip(got.user_ids[got.users].tolist(), got.item_ids[got.items].tolist(),
-                      got.ratings.tolist(), got.timestamps.tolist()))
+                      got.ratings.tolist(), times))
     assert [(u, i, float(r), t) for u, i, r, t in rows] == ours

@@ -1,6 +1,10 @@
 """Dataset sources: verified lookup order, corrupted caches, failures, atomic writes."""
 
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +155,97 @@ def test_parse_udata_rejects_malformed_lines(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DataError, match=message):
         parse_udata(path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_the_mode_the_umask_allows(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == mode
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temp_files_of_killed_runs_are_removed_on_next_use(tmp_path):
+    folder = tmp_path / "toy"
+    stale = [folder / f".u.data.{dead_pid()}.deadbeef.tmp",
+             folder / f".download.{dead_pid()}.0badf00d.tmp"]            # a fetch's folder
+    stale[1].mkdir(parents=True)
+    (stale[1] / "archive.zip").write_bytes(b"x")
+    fresh = folder / f".u.data.{dead_pid()}.0000aaaa.tmp"          # a dead pid, but recent
+    alive = folder / f".u.data.{os.getppid()}.1111bbbb.tmp"        # old, but its run is alive
+    mine = folder / "notes.tmp"                                     # not one of our temp names
+    for path in (stale[0], fresh, alive, mine):
+        path.write_bytes(b"partial")
+    old = time.time() - 2 * sources.STALE_TEMP_SECONDS
+    for path in (stale[0], alive, mine, stale[1], *stale[1].iterdir()):
+        os.utime(path, (old, old))
+    locate(spec(Counting(GOOD)), cache_dir=tmp_path)
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and alive.exists() and mine.exists()
+    assert (folder / "u.data").read_bytes() == GOOD
+
+
+@pytest.mark.parametrize("when", ["before reading", "before deleting"])
+def test_damaged_cache_removed_meanwhile_by_another_process_is_fetched_again(
+        tmp_path, monkeypatch, when):
+    cached = tmp_path / "toy" / "u.data"
+    cached.parent.mkdir()
+    cached.write_bytes(b"damaged\n")
+    real_mismatch = sources.mismatch
+
+    def racing_mismatch(path, digests):
+        if path == cached and when == "before reading":
+            cached.unlink()
+        problem = real_mismatch(path, digests)
+        if path == cached and when == "before deleting":
+            cached.unlink()
+        return problem
+
+    monkeypatch.setattr(sources, "mismatch", racing_mismatch)
+    assert locate(spec(Counting(GOOD)), cache_dir=tmp_path).read_bytes() == GOOD
+
+
+def test_fetch_scratch_folders_live_beside_the_destination_and_go_even_on_errors(
+        tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    dest = tmp_path / "cache" / ".u.data.1.00000000.tmp"
+    dest.parent.mkdir()
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(DataError, match="truncated or corrupted"):
+        sources.url_member_source(broken.as_uri(), "ml-100k/u.data").fetch(dest)
+    seen = {}
+
+    def fake_pip(cmd, env, **kwargs):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        seen.update(folder=folder, tmpdir=env["TMPDIR"], beside=folder.parent == dest.parent)
+        (folder / "recbole-1.2.1-py3-none-any.whl").write_bytes(b"not a zip")
+        raise subprocess.TimeoutExpired(cmd, 1)
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    with pytest.raises(subprocess.TimeoutExpired):
+        sources.pip_wheel_source("recbole==1.2.1", "m", bytes).fetch(dest)
+    assert seen["beside"] and seen["tmpdir"] == str(seen["folder"])
+    assert not seen["folder"].exists()
+    assert list(dest.parent.iterdir()) == [] and list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, words", [("nowhere", "no such folder"),
+                                         ("u.data", "is a file, not a folder")])
+def test_data_dir_that_is_not_a_folder_is_an_error_naming_it(tmp_path, name, words):
+    (tmp_path / "u.data").write_bytes(GOOD)
+    data_dir = tmp_path / name
+    body = Counting(GOOD)
+    with pytest.raises(DataError, match=f"--data-dir {data_dir}: {words}"):
+        locate(spec(body), data_dir=data_dir, cache_dir=tmp_path / "cache")
+    assert body.calls == 0

