@@ -179,6 +179,14 @@ class TrainConfig:
     eval_batch_size: int = 1024      # rows per evaluation block
     eval_every: int = 1              # evaluate every this many epochs (and after the last)
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
+    early_stopping: int = 0          # patience in epochs on validation RMSE (needs
+                                     # data.valid_ratio > 0); 0: off, the last epoch is kept
+    checkpoint_every: int = 5        # epochs between checkpoints in --out (the last epoch
+                                     # and an interrupted one are always saved); 0: none
+    keep_checkpoints: int = 2        # newest checkpoints kept (plus the best by valid RMSE)
+    divergence_factor: float = 100.0  # stop when the epoch's train loss exceeds this times
+                                     # the first epoch's, or held-out RMSE exceeds it times
+                                     # the rating range; 0: never
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
@@ -194,6 +202,14 @@ class TrainConfig:
                "an integer >= 1", self.eval_every)
         _check(isinstance(self.clip_predictions, bool), "train.clip_predictions",
                "true or false", self.clip_predictions)
+        for name in ("early_stopping", "checkpoint_every"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= 0, f"train.{name}", "an integer >= 0", value)
+        _check(_is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
+               "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+        _check(_is_real(self.divergence_factor) and (self.divergence_factor == 0
+                                                     or self.divergence_factor > 1),
+               "train.divergence_factor", "0 (off) or > 1", self.divergence_factor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +223,9 @@ class Config:
 
     def __post_init__(self):
         _check(_is_seed(self.seed), "seed", "an integer in [0, 2**32)", self.seed)
+        _check(self.train.early_stopping == 0 or self.data.valid_ratio > 0,
+               "train.early_stopping", "0 unless data.valid_ratio > 0 (it watches "
+               "validation RMSE; pass --valid-ratio 0.1)", self.train.early_stopping)
 
     @property
     def split_seed(self) -> int:

@@ -36,3 +36,7 @@ class SourceUnavailableError(DataError):
 
 class TrainingDivergedError(AutoRecError, FloatingPointError):
     """A non-finite loss or gradient appeared during training."""
+
+
+class TrainingInterrupted(AutoRecError):
+    """The run was asked to stop (Ctrl-C); its last epoch was saved when it had a folder."""

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import tqdm
 
-from autorec_jax import reporting
+from autorec_jax import checkpoint, preflight, reporting, run_folder
 from autorec_jax.config import Config, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
-from autorec_jax.errors import TrainingDivergedError
+from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import EvalData, eval_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.parallel import CompiledOnFirstUse, Parallel
@@ -87,6 +89,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     if len(valid):
         heldout_rows["valid"] = row_matrix(valid, orientation)
     parallel = Parallel.create(config.train.parallel)
+    preflight.check_memory(config, train_rows.num_rows, train_rows.num_cols,
+                           available_bytes=_device_memory(), num_ratings=len(train))
     batch_size = config.train.batch_size
     steps = batching.steps_per_epoch(train_rows.num_rows, batch_size, config.train.epochs,
                                      config.train.last_batch)
@@ -139,11 +143,15 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
     return state, jax.device_get(metrics)
 
 
-def evaluate(experiment: Experiment, params: PyTree) -> dict[str, dict[str, float]]:
-    """RMSE, MAE and count of any `params` on each held-out set: {"test": {...}, ...}."""
+def evaluate(experiment: Experiment, params: PyTree, names=None
+             ) -> dict[str, dict[str, float]]:
+    """RMSE, MAE and count of any `params` on held-out sets: {"test": {...}, ...}.
+
+    `names` picks the sets ("valid", "test"); None: every set the split has.
+    """
     return {name: summarize(jax.device_get(experiment.eval_fn(params, data,
                                                               experiment.eval_index)))
-            for name, data in experiment.heldout.items()}
+            for name, data in experiment.heldout.items() if names is None or name in names}
 
 
 def epoch_record(epoch: int, step: int, metrics: dict, seconds: float, entries: int) -> dict:
@@ -169,20 +177,35 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                        ratings: Ratings | None = None, cache_dir=None, optimizer=None,
                        loss_fn: LossFn | None = None,
                        grad_transform: GradTransform | None = None,
-                       entry_fields: EntryFields | None = None) -> TrainResult:
+                       entry_fields: EntryFields | None = None, resume: bool = False,
+                       overwrite: bool = False, progress: bool = False,
+                       stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Trains AutoRec as configured, evaluating test RMSE/MAE; the one function with I/O.
 
     Args:
       config: the whole configuration.
-      out_dir: if given, receives metrics.jsonl (one record per epoch, rewritten atomically
-        after each) and summary.json (at the end).
+      out_dir: the run's folder (see `run_folder`): metrics.jsonl and metrics.csv (rewritten
+        atomically after each epoch), checkpoints every `train.checkpoint_every` epochs and
+        at the last, model/ (the params the run chose) and summary.json at the end.
       ratings: use these ratings instead of loading `config.data.dataset`.
       cache_dir: dataset cache folder (default: $AUTOREC_JAX_DATA or ~/.cache/autorec_jax).
-      optimizer, loss_fn, grad_transform, entry_fields: the research seams (see `setup`).
+      optimizer, loss_fn, grad_transform, entry_fields: the research seams (see `setup`);
+        a resumed run must be given the same ones.
+      resume: continue the run in `out_dir` from its latest checkpoint (from scratch when it
+        has none); the result equals an uninterrupted run's.
+      overwrite: replace a previous run in `out_dir` instead of refusing it.
+      progress: show a tqdm bar instead of one log line per epoch.
+      stop_requested: polled after each epoch; when it returns True the epoch is saved and
+        `TrainingInterrupted` is raised.
 
     Raises:
-      TrainingDivergedError: a non-finite loss; the message names the epoch and step.
+      TrainingDivergedError: a non-finite loss, or a finite blow-up (`train.
+        divergence_factor`); the message names the epoch.
+      TrainingInterrupted: `stop_requested()` said so.
+      CheckpointError: `resume` with another config, other data or a damaged checkpoint.
     """
+    run_dir = None if out_dir is None else run_folder.claim(out_dir, resume=resume,
+                                                           overwrite=overwrite)
     log.debug("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)
@@ -192,16 +215,24 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
              len(experiment.valid), len(experiment.test), experiment.num_rows,
              experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
              jax.local_devices()[0].platform)
-    if out_dir is not None:
-        reporting.write_json(Path(out_dir) / "ids.json", {
-            "orientation": config.data.orientation,
-            "users": experiment.train.user_ids.tolist(),
-            "items": experiment.train.item_ids.tolist()})
-    shuffle = np.random.default_rng(experiment.shuffle_seed)
+    selecting = config.train.early_stopping > 0
+    loop = {"epoch": 0, "shuffle_state": np.random.default_rng(
+                experiment.shuffle_seed).bit_generator.state,
+            "carry": [], "best": None, "bad_epochs": 0, "seconds": 0.0, "entries": 0,
+            "first_loss": None}
     history: list[dict] = []
-    carry = np.zeros(0, np.int32)
-    total_seconds, total_entries, scores = 0.0, 0, None
-    for epoch in range(1, config.train.epochs + 1):
+    best_params = state.params if selecting else None
+    if run_dir is not None:
+        state, best_params, loop, history = _open_run(run_dir, experiment, state, best_params,
+                                                      loop, resume)
+    shuffle = np.random.default_rng()
+    shuffle.bit_generator.state = loop["shuffle_state"]
+    carry = np.asarray(loop["carry"], np.int32)
+    scale = _rating_range(experiment.train)
+    epochs = range(loop["epoch"] + 1, config.train.epochs + 1)
+    bar = tqdm.tqdm(epochs, unit="epoch", delay=2.0, leave=False) if progress else None
+    scores = {}
+    for epoch in bar if bar is not None else epochs:
         batches, carry = batching.epoch_batches(
             shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
             config.train.batch_size, config.train.last_batch)
@@ -211,41 +242,159 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         # Compilation on first use of an epoch length is not training time.
         seconds = time.perf_counter() - start - (experiment.compile_seconds - compile_before)
         entries = int(np.sum(batches >= 0)) * experiment.row_width
-        total_seconds, total_entries = total_seconds + seconds, total_entries + entries
-        first_step = sum(experiment.steps[:epoch - 1])
-        record = epoch_record(epoch, first_step + len(batches), metrics, seconds, entries)
+        loop["seconds"] += seconds
+        loop["entries"] += entries
+        record = epoch_record(epoch, sum(experiment.steps[:epoch]), metrics, seconds, entries)
         history.append(record)
-        bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-        if len(bad):
-            _write_history(out_dir, history)
-            raise TrainingDivergedError(
-                f"non-finite training loss at epoch {epoch}, step {first_step + bad[0] + 1}; "
-                "lower optim.lr or check the ratings")
-        if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
+        _check_loss(run_dir, history, metrics, epoch, sum(experiment.steps[:epoch - 1]), loop,
+                    config.train.divergence_factor)
+        stop = False
+        if epoch % config.train.eval_every == 0 or epoch == config.train.epochs or selecting:
             start = time.perf_counter()
-            scores = evaluate(experiment, state.params)
+            # While selecting on validation, the test set is scored once, at the end.
+            scores = evaluate(experiment, state.params, ("valid",) if selecting else None)
             for name, score in scores.items():
                 record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
             record["eval_seconds"] = time.perf_counter() - start
-        _write_history(out_dir, history)
-        log.info("epoch %3d  train loss %.4f  %stest RMSE %s  %.3f s  %.1fM entries/s",
-                 epoch, record["train_loss"],
-                 f"valid RMSE {record['valid_rmse']:.4f}  " if "valid_rmse" in record else "",
-                 f"{record['test_rmse']:.4f}" if "test_rmse" in record else "   -  ",
-                 seconds, entries / seconds / 1e6)
+            _check_scores(run_dir, history, scores, epoch, scale,
+                          config.train.divergence_factor)
+        if selecting:
+            best_params, stop = _select(loop, state.params, best_params, epoch,
+                                        scores["valid"]["rmse"], config.train.early_stopping)
+        run_folder.write_history(run_dir, history)
+        loop.update(epoch=epoch, shuffle_state=shuffle.bit_generator.state,
+                    carry=carry.tolist())
+        interrupted = stop_requested is not None and stop_requested()
+        every = config.train.checkpoint_every
+        if run_dir is not None and (stop or interrupted or epoch == config.train.epochs
+                                    or (every and epoch % every == 0)):
+            _save_checkpoint(run_dir, state, best_params, loop, config)
+        _report(bar, record)
+        if interrupted:
+            raise TrainingInterrupted(
+                f"interrupted after epoch {epoch}" + (
+                    f"; continue with --resume --out {run_dir}" if run_dir else ""))
+        if stop:
+            log.info("early stopping after epoch %d: no better validation RMSE for %d "
+                     "epochs; best epoch %d", epoch, loop["bad_epochs"], loop["best"]["epoch"])
+            break
+    if bar is not None:
+        bar.close()
+    return _finish(run_dir, experiment, state, best_params, loop, history, scores,
+                   optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
+                   entry_fields=entry_fields)
 
+
+def _open_run(run_dir, experiment, state, best_params, loop, resume):
+    """Records the run's identity and ids; on `resume`, restores its latest checkpoint."""
+    config = experiment.config
+    fingerprint = checkpoint.data_fingerprint(
+        *(np.asarray(a) for part in (experiment.train, experiment.valid, experiment.test)
+          for a in (part.users, part.items, part.ratings)))
+    epoch = checkpoint.latest(run_dir) if resume else None
+    if resume and (run_dir / "run.json").exists():
+        checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
+    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
+    reporting.write_json(run_dir / "ids.json", {
+        "orientation": config.data.orientation,
+        "users": experiment.train.user_ids.tolist(),
+        "items": experiment.train.item_ids.tolist()})
+    if epoch is None:
+        if resume:
+            log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
+        return state, best_params, loop, []
+    tree = checkpoint.restore(run_dir, epoch, checkpoint.abstract(
+        _checkpoint_tree(state, best_params)))
+    state, loop = tree[0]["state"], tree[1]
+    best_params = tree[0].get("best_params")
+    log.info("resuming %s after epoch %d", run_dir, epoch)
+    return state, best_params, loop, run_folder.read_history(run_dir, epoch)
+
+
+def _checkpoint_tree(state, best_params) -> dict:
+    return {"state": state} if best_params is None else {"state": state,
+                                                        "best_params": best_params}
+
+
+def _save_checkpoint(run_dir, state, best_params, loop, config) -> None:
+    best = loop["best"]["epoch"] if loop["best"] else None
+    checkpoint.save(run_dir, loop["epoch"], _checkpoint_tree(state, best_params), loop,
+                    keep=config.train.keep_checkpoints, best_epoch=best)
+
+
+def _select(loop, params, best_params, epoch, valid_rmse, patience):
+    """Early stopping on validation RMSE: returns (best params, whether to stop)."""
+    if loop["best"] is None or valid_rmse < loop["best"]["valid_rmse"]:
+        loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
+        # A copy: the state's buffers are donated to the next epoch.
+        return jax.tree.map(jnp.copy, params), False
+    loop["bad_epochs"] += 1
+    return best_params, loop["bad_epochs"] >= patience
+
+
+def _check_loss(run_dir, history, metrics, epoch, first_step, loop, factor) -> None:
+    losses = np.asarray(metrics["loss"])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    mean = float(np.mean(losses))
+    if loop["first_loss"] is None and not len(bad):
+        loop["first_loss"] = mean
+    if len(bad):
+        why = f"non-finite training loss at epoch {epoch}, step {first_step + bad[0] + 1}"
+    elif factor and mean > factor * loop["first_loss"]:
+        why = (f"training loss {mean:.4g} at epoch {epoch} is over {factor:g}x the first "
+               f"epoch's ({loop['first_loss']:.4g})")
+    else:
+        return
+    run_folder.write_history(run_dir, history)
+    raise TrainingDivergedError(f"training diverged: {why}; lower optim.lr or check the "
+                                "ratings")
+
+
+def _check_scores(run_dir, history, scores, epoch, scale, factor) -> None:
+    low, high = scale
+    for name, score in scores.items():
+        if factor and score["rmse"] > factor * max(high - low, 1.0):
+            run_folder.write_history(run_dir, history)
+            raise TrainingDivergedError(
+                f"training diverged: {name} RMSE {score['rmse']:.4g} at epoch {epoch} is "
+                f"over {factor:g}x the rating range {low:g}..{high:g}; lower optim.lr")
+
+
+def _report(bar, record) -> None:
+    held = "".join(f"  {name} RMSE {record[f'{name}_rmse']:.4f}" for name in ("valid", "test")
+                   if f"{name}_rmse" in record)
+    rate = record["entries_per_sec"] / 1e6
+    if bar is not None:
+        bar.set_postfix_str(f"loss {record['train_loss']:.4f}{held}  {rate:.1f}M entries/s")
+        return
+    log.info("epoch %3d  train loss %.4f%s  %.3f s  %.1fM entries/s", record["epoch"],
+             record["train_loss"], held, record["train_seconds"], rate)
+
+
+def _finish(run_dir, experiment, state, best_params, loop, history, scores, **seams):
+    """Scores the chosen params on every held-out set, saves the model and the summary."""
+    config = experiment.config
+    params = best_params if best_params is not None else state.params
+    if best_params is not None or "test" not in scores:
+        scores = evaluate(experiment, params)
     test = scores["test"]
     summary = {
         "config": to_dict(config),
         "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
         **({"valid_rmse": scores["valid"]["rmse"], "valid_mae": scores["valid"]["mae"]}
            if "valid" in scores else {}),
-        "train_seconds": total_seconds, "entries_per_sec": total_entries / total_seconds,
-        "compile_seconds": experiment.compile_seconds, "steps": sum(experiment.steps),
+        "epochs_run": loop["epoch"],
+        "selection": ({"rule": "best validation RMSE, early stopping",
+                       "patience": config.train.early_stopping,
+                       "best_epoch": loop["best"]["epoch"],
+                       "stopped_early": loop["epoch"] < config.train.epochs}
+                      if best_params is not None else {"rule": "last epoch"}),
+        "train_seconds": loop["seconds"],
+        "entries_per_sec": loop["entries"] / max(loop["seconds"], 1e-9),
+        "compile_seconds": experiment.compile_seconds, "steps": int(state.step),
         "parallel": experiment.parallel.mode, "num_devices": experiment.parallel.num_devices,
-        "seams": {name: _describe(value) for name, value in (
-            ("optimizer", optimizer), ("loss_fn", loss_fn), ("grad_transform", grad_transform),
-            ("entry_fields", entry_fields)) if value is not None},
+        "seams": {name: _describe(value) for name, value in seams.items()
+                  if value is not None},
         "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,
                  "split_seed": config.split_seed, "orientation": config.data.orientation,
                  "num_users": experiment.train.num_users,
@@ -255,11 +404,12 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                  "rows": experiment.num_rows, "row_width": experiment.row_width},
         **reporting.environment(),
     }
-    if out_dir is not None:
-        reporting.write_json(Path(out_dir) / "summary.json", summary)
+    if run_dir is not None:
+        checkpoint.save_params(run_dir / "model", params)
+        reporting.write_json(run_dir / "summary.json", summary)
     log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings; %.2f s training, "
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
-             int(test["count"]), total_seconds, total_entries / total_seconds / 1e6,
+             int(test["count"]), loop["seconds"], summary["entries_per_sec"] / 1e6,
              experiment.compile_seconds)
     return TrainResult(state=state, history=history, summary=summary)
 
@@ -271,10 +421,16 @@ def _describe(seam) -> str:
     return getattr(seam, "__qualname__", None) or type(seam).__name__
 
 
+def _device_memory() -> int | None:
+    """An accelerator's memory in bytes; None on the CPU (host memory is checked then)."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return None
+    stats = device.memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
 def _rating_range(train: Ratings) -> tuple[float, float]:
     return float(train.ratings.min()), float(train.ratings.max())
 
 
-def _write_history(out_dir, history: list[dict]) -> None:
-    if out_dir is not None:
-        reporting.write_jsonl(Path(out_dir) / "metrics.jsonl", history)
