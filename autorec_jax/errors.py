@@ -36,3 +36,8 @@ class SourceUnavailableError(DataError):
 
 class TrainingDivergedError(AutoRecError, FloatingPointError):
     """A non-finite loss or gradient appeared during training."""
+
+
+class CheckpointError(AutoRecError):
+    """A checkpoint or run folder that cannot be used: missing, incomplete, corrupt, or from
+    another configuration or other data. The message is one line naming the folder."""
