@@ -75,7 +75,7 @@ def save(run_dir: str | Path, epoch: int, state: PyTree, loop: dict, *, keep: in
     epochs = _complete_epochs(root)
     kept = set([e for e in epochs if e <= epoch][-keep:]) | {best_epoch}
     for old in epochs:
-        if old not in kept or old > epoch:
+        if old not in kept:
             _delete(root / str(old))
     return folder
 
@@ -93,7 +93,8 @@ def restore(run_dir: str | Path, epoch: int, abstract_state: PyTree) -> tuple[Py
 
     Args:
       abstract_state: `jax.tree.map(ocp.arrays.to_shape_dtype_struct, state)` of a state
-        built like the saved one; arrays come back with its shardings.
+        built like the saved one; leaves come back with its shardings and types (a fresh
+        state's Python-int step gives an int; an array step gives a non-weak int32).
 
     Returns:
       (state, loop) as saved.

@@ -110,7 +110,7 @@ def test_save_keeps_last_k_and_best_and_drops_an_abandoned_future(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "5", "6"]
     assert checkpoint.latest(tmp_path) == 6
     # Resumed from epoch 5 and saved 4 again: 5 and 6 belong to an abandoned trajectory.
-    checkpoint.save(tmp_path, 4, state, _loop(4), keep=2, best_epoch=4)
+    checkpoint.save(tmp_path, 4, state, _loop(4), keep=3, best_epoch=2)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
     assert checkpoint.latest(tmp_path) == 4
 
