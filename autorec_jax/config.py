@@ -280,6 +280,30 @@ def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
+def config_from_dict(data: dict) -> Config:
+    """The inverse of `to_dict`, also after a JSON round trip (lists become tuples again).
+
+    Fields missing from `data` take their defaults.
+
+    Raises:
+      ConfigError: an unknown group or field, or a value the field does not allow.
+    """
+    groups, top = {}, {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            for field in value:
+                if field not in _field_names(key):
+                    raise ConfigError(f"unknown config field {key + '.' + field!r}")
+            cls = {f.name: f for f in dataclasses.fields(Config)}[key].default_factory
+            groups[key] = cls(**{f: tuple(v) if isinstance(v, list) else v
+                                 for f, v in value.items()})
+        elif key in {f.name for f in dataclasses.fields(Config)} - set(GROUPS):
+            top[key] = value
+        else:
+            raise ConfigError(f"unknown config field {key!r}")
+    return Config(**groups, **top)
+
+
 def d2l() -> Config:
     """The book's recipe: I-AutoRec, hidden 500, sigmoid, dropout 0.05, Adam 0.002, wd 1e-5."""
     return Config()

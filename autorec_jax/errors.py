@@ -40,3 +40,8 @@ class TrainingDivergedError(AutoRecError, FloatingPointError):
 
 class TrainingInterrupted(AutoRecError):
     """The run was asked to stop (Ctrl-C); its last epoch was saved when it had a folder."""
+
+
+class CheckpointError(AutoRecError):
+    """A checkpoint or run folder that cannot be used: missing, incomplete, corrupt, or from
+    another configuration or other data. The message is one line naming the folder."""

@@ -59,8 +59,10 @@ def create_train_state(config: Config, num_outputs: int, rng: jax.Array, *,
         function of `config.optim` returning one.
     """
     model = create_model(config.model, num_outputs)
-    return TrainState.create(apply_fn=model.apply, params=init_params(model, rng),
-                             tx=resolve_optimizer(config, optimizer))
+    state = TrainState.create(apply_fn=model.apply, params=init_params(model, rng),
+                              tx=resolve_optimizer(config, optimizer))
+    # An int32 array from the start, as every step returns it: one compiled signature.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 class StepKeys(NamedTuple):

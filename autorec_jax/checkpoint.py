@@ -1,0 +1,361 @@
+"""Checkpoints and run folders on disk: a thin wrapper over Orbax (v1 API) with integrity checks.
+
+Layout of a run folder (only process 0 writes; one writer per run folder):
+  run.json                 {"config": to_dict(config), "data_fingerprint": str}
+  ids.json, summary.json   written by the training loop
+  checkpoints/<epoch>/     state/ (Orbax: the TrainState), loop.json (host state),
+                           manifest.json (SHA-256 of every other file, written last)
+  model/                   params/ (Orbax: the final params), manifest.json
+
+A folder is written under a hidden temp name and renamed into place once its manifest is
+written, so a crash at any moment leaves only complete folders under their real names; the
+hidden leftovers (.partial-*, .replaced-*, .deleting-*) are cleaned up by `latest`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from orbax.checkpoint import v1 as ocp
+
+from autorec_jax import reporting
+from autorec_jax.config import Config, config_from_dict
+from autorec_jax.errors import AutoRecError, CheckpointError
+from autorec_jax.model import create_model, init_params
+
+PyTree = Any
+MANIFEST = "manifest.json"
+# Config fields that may change between a run and its resumption: they change neither the
+# training trajectory nor the data (the fingerprint guards the data itself). All others
+# must match. Raising train.epochs continues a finished run for longer.
+MAY_DIFFER_ON_RESUME = ("train.epochs", "train.eval_every", "train.eval_batch_size",
+                        "train.checkpoint_every", "train.keep_checkpoints",
+                        "train.divergence_factor", "data.data_dir")
+_PARTIAL, _REPLACED, _DELETING = ".partial-", ".replaced-", ".deleting-"
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-256 (hex) over the dtypes, shapes and bytes of the given NumPy arrays, in order."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        if array.dtype.hasobject:
+            raise TypeError("data_fingerprint needs arrays of fixed-size types, not object")
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def abstract(tree: PyTree) -> PyTree:
+    """The restore target of a live tree: shapes, dtypes and shardings of its leaves."""
+    return jax.tree.map(ocp.arrays.to_shape_dtype_struct, tree)
+
+
+def save(run_dir: str | Path, epoch: int, state: PyTree, loop: dict, *, keep: int = 2,
+         best_epoch: int | None = None) -> Path:
+    """Writes run_dir/checkpoints/<epoch>/ atomically and returns it; then prunes the others.
+
+    Args:
+      epoch: epochs completed; must equal loop["epoch"] when that is present.
+      state: the TrainState, with any sharding (replicated arrays are written once).
+      loop: JSON-able host state; Python ints (a Generator's state) round-trip exactly.
+      keep: how many of the newest checkpoints to keep, >= 1.
+      best_epoch: a checkpoint also kept, whatever its age (None: none).
+
+    A previous checkpoint of the same epoch is replaced, and those of later epochs (an
+    abandoned future after resuming from an older one) are deleted.
+    """
+    if keep < 1 or loop.get("epoch", epoch) != epoch:
+        raise ValueError(f"need keep >= 1 and loop['epoch'] == {epoch}")
+    root = Path(run_dir) / "checkpoints"
+    folder = _write_folder(root / str(int(epoch)), "state", state,
+                           {"loop.json": json.dumps(loop, sort_keys=True)})
+    epochs = _complete_epochs(root)
+    kept = set([e for e in epochs if e <= epoch][-keep:]) | {best_epoch}
+    for old in epochs:
+        if old not in kept:
+            _delete(root / str(old))
+    return folder
+
+
+def latest(run_dir: str | Path) -> int | None:
+    """The newest complete checkpoint's epoch, or None; removes leftovers of crashed saves."""
+    root = Path(run_dir) / "checkpoints"
+    _recover(root)
+    epochs = _complete_epochs(root)
+    return epochs[-1] if epochs else None
+
+
+def restore(run_dir: str | Path, epoch: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
+    """Reads checkpoints/<epoch>/ after verifying every file against its manifest.
+
+    Args:
+      abstract_state: `jax.tree.map(ocp.arrays.to_shape_dtype_struct, state)` of a state
+        built like the saved one; leaves come back with its shardings and types (a fresh
+        state's Python-int step gives an int; an array step gives a non-weak int32).
+
+    Returns:
+      (state, loop) as saved.
+
+    Raises:
+      CheckpointError: a missing, incomplete or corrupt checkpoint, or one that does not fit
+        `abstract_state`.
+    """
+    folder = Path(run_dir) / "checkpoints" / str(int(epoch))
+    _verify(folder)
+    loop = json.loads((folder / "loop.json").read_text())
+    return _load(folder / "state", abstract_state), loop
+
+
+def save_params(path: str | Path, params: PyTree) -> Path:
+    """Writes the final params (no optimizer state) atomically to `path` (run_dir/model)."""
+    return _write_folder(Path(path), "params", params, {})
+
+
+def load_params(path: str | Path, abstract_params: PyTree | None = None) -> PyTree:
+    """Reads params written by `save_params`, verified against their manifest.
+
+    Args:
+      abstract_params: shapes, dtypes and shardings to restore into; None: the stored shapes
+        and dtypes, on the first local device.
+    """
+    path = Path(path)
+    _recover(path.parent, path.name)
+    _verify(path)
+    if abstract_params is None:
+        stored = ocp.metadata(path / "params").metadata
+        abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), stored)
+    return _load(path / "params", _on_first_device(abstract_params))
+
+
+def write_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str) -> None:
+    """Records the run's config and data fingerprint in run_dir/run.json (atomically)."""
+    reporting.write_json(Path(run_dir) / "run.json",
+                         {"config": config_dict, "data_fingerprint": fingerprint})
+
+
+def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str) -> None:
+    """Refuses to resume a run with another config or other data.
+
+    Fields in `MAY_DIFFER_ON_RESUME` are exempt; call `write_run_identity` afterwards to
+    record their new values.
+
+    Raises:
+      CheckpointError: run.json missing or unreadable, naming the first differing config
+        field ("group.field"), or saying that the data differ.
+    """
+    stored = _read_json(Path(run_dir) / "run.json")
+    old, new = _flatten(stored.get("config", {})), _flatten(json.loads(json.dumps(config_dict)))
+    for field in dict.fromkeys([*old, *new]):
+        was, now = old.get(field, "<absent>"), new.get(field, "<absent>")
+        if was != now and field not in MAY_DIFFER_ON_RESUME:
+            raise CheckpointError(f"{run_dir}: cannot resume with a different config: {field} "
+                                  f"was {was!r}, now {now!r}")
+    if stored.get("data_fingerprint") != fingerprint:
+        raise CheckpointError(f"{run_dir}: cannot resume: the data differ from the run's "
+                              "(data fingerprint mismatch)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run, ready for inference."""
+    config: Config
+    params: PyTree
+    user_ids: np.ndarray     # raw user ids; column/row j of the model is user_ids[j]
+    item_ids: np.ndarray     # raw item ids
+    orientation: str         # "item": rows are items, width len(user_ids); "user": swapped
+    summary: dict | None     # summary.json, when the run wrote one
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Loads run.json, ids.json, model/ and summary.json without needing the model's code path.
+
+    Raises:
+      CheckpointError: a missing or unreadable file, naming it.
+    """
+    run_dir = Path(run_dir)
+    try:
+        config = config_from_dict(_read_json(run_dir / "run.json").get("config", {}))
+    except AutoRecError as error:
+        raise CheckpointError(f"{run_dir / 'run.json'}: {error}") from None
+    ids = _read_json(run_dir / "ids.json")
+    orientation = ids.get("orientation")
+    if orientation != config.data.orientation or not all(
+            isinstance(ids.get(k), list) for k in ("users", "items")):
+        raise CheckpointError(f"{run_dir / 'ids.json'}: needs lists users and items and "
+                              f"orientation {config.data.orientation!r} (run.json's)")
+    width = len(ids["users"] if orientation == "item" else ids["items"])
+    abstract = jax.eval_shape(
+        lambda: init_params(create_model(config.model, width), jax.random.key(0)))
+    summary_path = run_dir / "summary.json"
+    return Run(config=config, params=load_params(run_dir / "model", abstract),
+               user_ids=np.asarray(ids["users"]), item_ids=np.asarray(ids["items"]),
+               orientation=orientation,
+               summary=_read_json(summary_path) if summary_path.exists() else None)
+
+
+def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -> Path:
+    """Orbax tree under final/name plus text files, manifest last, renamed into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final.parent, final.name)
+    partial = final.parent / f"{_PARTIAL}{final.name}"
+    ocp.save(partial / name, tree)
+    for filename, text in texts.items():
+        (partial / filename).write_text(text)
+    # fsync everything before the rename, so that even a power cut cannot publish a folder
+    # whose files are not yet on disk.
+    manifest = json.dumps({"sha256": _checksums(partial, sync=True)}, indent=1, sort_keys=True)
+    with open(partial / MANIFEST, "w") as f:
+        f.write(manifest)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(partial)
+    if final.exists():  # replaced only once the new copy sits in place (see _recover)
+        os.rename(final, final.parent / f"{_REPLACED}{final.name}")
+    os.rename(partial, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(final.parent / f"{_REPLACED}{final.name}", ignore_errors=True)
+    return final
+
+
+def _recover(parent: Path, name: str | None = None) -> None:
+    """Removes leftovers of interrupted writes; a folder caught mid-replacement comes back."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        prefix = next((p for p in (_PARTIAL, _REPLACED, _DELETING)
+                       if entry.name.startswith(p)), None)
+        target = entry.name[len(prefix or ""):]
+        if prefix is None or name not in (None, target):
+            continue
+        if prefix == _REPLACED and not (parent / target).exists():
+            os.rename(entry, parent / target)  # complete: it is removed only after replacement
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _complete_epochs(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir()
+                  if p.name.isdigit() and (p / MANIFEST).is_file())
+
+
+def _delete(folder: Path) -> None:
+    # Renamed first, so that a crash mid-deletion leaves no partial folder under its real name.
+    hidden = folder.parent / f"{_DELETING}{folder.name}"
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.rename(folder, hidden)
+    shutil.rmtree(hidden)
+
+
+def _checksums(folder: Path, *, sync: bool = False) -> dict[str, str]:
+    sums = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            if sync:
+                _fsync_dir(path)
+        elif path.name != MANIFEST or path.parent != folder:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+                if sync:
+                    os.fsync(f.fileno())
+            sums[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return sums
+
+
+def _verify(folder: Path) -> None:
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    try:
+        expected = json.loads((folder / MANIFEST).read_text())["sha256"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: incomplete, {MANIFEST} is missing") from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{folder}: {MANIFEST} is unreadable") from None
+    found = _checksums(folder)
+    for rel, digest in expected.items():
+        if rel not in found:
+            raise CheckpointError(f"{folder}: {rel} is missing")
+        if found[rel] != digest:
+            raise CheckpointError(f"{folder}: {rel} does not match its checksum "
+                                  "(corrupt or truncated)")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"{folder}: unexpected file {extra[0]} (not in {MANIFEST})")
+
+
+def _load(path: Path, abstract: PyTree) -> PyTree:
+    # Names, shapes and dtypes are compared first: Orbax would cast dtypes silently, and its
+    # shape errors are long and leave coroutines unawaited.
+    stored, wanted = _leaf_table(ocp.metadata(path).metadata), _leaf_table(abstract)
+    for name in sorted(stored.keys() | wanted.keys()):
+        have, want = stored.get(name), wanted.get(name)
+        if have is None or want is None or have[0] != want[0] or (
+                None not in (have[1], want[1]) and have[1] != want[1]):
+            raise CheckpointError(f"{path}: {name} is {_describe(have)} in the checkpoint "
+                                  f"but {_describe(want)} in the target")
+    try:
+        return ocp.load(path, abstract)
+    except Exception as error:  # noqa: BLE001 -- any Orbax failure becomes one clear line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise CheckpointError(f"{path.parent}: Orbax cannot restore {path.name}/ into the "
+                              f"given target ({type(error).__name__}: {first})") from None
+
+
+def _leaf_table(tree: PyTree) -> dict[str, tuple]:
+    """{"params.output.bias": (shape, dtype name, or None for a Python scalar)}."""
+    return {jax.tree_util.keystr(path, simple=True, separator="."): (
+        tuple(getattr(leaf, "shape", ())), str(leaf.dtype) if hasattr(leaf, "dtype") else None)
+        for path, leaf in jax.tree.leaves_with_path(tree)}
+
+
+def _describe(leaf: tuple | None) -> str:
+    return "absent" if leaf is None else f"{leaf[1] or 'scalar'}{list(leaf[0])}"
+
+
+def _on_first_device(abstract: PyTree) -> PyTree:
+    """Abstract leaves without a sharding get the first local device (Orbax warns otherwise)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda a: a if getattr(a, "sharding", None) is not None else
+                        jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
