@@ -163,6 +163,7 @@ class TrainResult:
     state: TrainState
     history: list[dict]
     summary: dict
+    experiment: Experiment         # the run's data and compiled calls (`evaluate`, ...)
 
 
 def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
@@ -261,7 +262,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
              int(test["count"]), total_seconds, total_entries / total_seconds / 1e6,
              experiment.compile_seconds)
-    return TrainResult(state=state, history=history, summary=summary)
+    return TrainResult(state=state, history=history, summary=summary,
+                       experiment=experiment)
 
 
 def _describe(seam) -> str:
