@@ -171,6 +171,7 @@ class TrainResult:
     state: TrainState
     history: list[dict]
     summary: dict
+    experiment: Experiment         # the run's data and compiled calls (`evaluate`, ...)
 
 
 def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
@@ -426,7 +427,8 @@ def _finish(run_dir, experiment, state, best_params, loop, history, scores, **se
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
              int(test["count"]), loop["seconds"], summary["entries_per_sec"] / 1e6,
              experiment.compile_seconds)
-    return TrainResult(state=state, history=history, summary=summary)
+    return TrainResult(state=state, history=history, summary=summary,
+                       experiment=experiment)
 
 
 def _describe(seam) -> str:

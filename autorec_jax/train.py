@@ -93,9 +93,10 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
     """Gradients of the global loss, summed over devices, and the reduced loss metrics.
 
     Args:
-      batch: "ratings" float32 [B, N] (0 = unobserved), "mask" bool [B, N], "row_mask"
-        bool [B] (False for padding rows), optional "weights" float32 [B, N] and any other
-        per-entry or per-row fields a loss_fn reads. Under pmap: this device's rows.
+      batch: "ratings" float32 [B, N] (0 = unobserved), "mask" bool [B, N] (default:
+        ratings != 0), "row_mask" bool [B] (False for padding rows; default: all True),
+        optional "weights" float32 [B, N] and any other per-entry or per-row fields a loss_fn
+        reads. Under pmap: this device's rows.
       keys: from `step_keys`.
       loss_fn: replaces `losses.reconstruction_loss` (see the loss contract there).
 
@@ -104,6 +105,7 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
        {"loss", "loss_sum", "loss_count", "rows", "observed", "train/<name>"...}).
     """
     loss_fn = loss_fn or reconstruction_loss
+    batch = complete_batch(batch)
 
     def local_sum(params):
         outputs = model_outputs(state.apply_fn, params, batch["ratings"], keys.dropout)
