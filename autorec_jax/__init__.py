@@ -23,8 +23,6 @@ used (so `autorec_jax.data` works without it). The public API:
 """
 
 import importlib
-import sys
-import types
 
 from autorec_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, d2l,
                                 replace, tiny)
@@ -54,19 +52,6 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'autorec_jax' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Keeps public names public: loading submodule `autorec_jax.evaluate` would otherwise
-    bind the package attribute `evaluate` to that module, hiding the function `evaluate`.
-    The submodule stays importable by its full name (it lives in sys.modules)."""
-
-    def __setattr__(self, name, value):
-        if not (name in _LAZY and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = sorted([

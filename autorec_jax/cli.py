@@ -14,7 +14,7 @@ import logging
 import sys
 import typing
 
-from autorec_jax import config as config_lib
+from autorec_jax import config as config_lib, preflight, runtime
 from autorec_jax.errors import ConfigError
 
 
@@ -149,11 +149,16 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args, config_lib.PRESETS[args.preset]())
+        # Folders are checked before any data is loaded or anything compiled.
+        if args.out is not None:
+            preflight.check_out_dir(args.out)
+        if args.compilation_cache != "off":
+            preflight.check_cache_dir(args.compilation_cache
+                                      or runtime.default_compilation_cache_dir())
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("autorec_jax").setLevel(logging.WARNING if args.quiet else logging.INFO)
     if args.compilation_cache != "off":
-        from autorec_jax import runtime  # imports JAX: only now, after the flags parsed
         runtime.enable_compilation_cache(args.compilation_cache)
     return config, args

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-
 
 def default_compilation_cache_dir() -> Path:
     return Path(os.environ.get("AUTOREC_JAX_JIT_CACHE",
@@ -19,6 +17,8 @@ def enable_compilation_cache(cache_dir: str | os.PathLike | None = None) -> Path
     Call it once, before the first compilation. Every executable is cached, however quick
     its compilation was, since this project's compiles are seconds at most.
     """
+    import jax  # here, so that reading the default folder imports no JAX
+
     path = Path(cache_dir) if cache_dir is not None else default_compilation_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

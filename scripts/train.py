@@ -2,33 +2,73 @@
 """Train AutoRec (the book's recipe by default) and report test RMSE.
 
   python scripts/train.py                        # the book's recipe on MovieLens 100K
-  python scripts/train.py --seed 3 --out runs/s3 # another split/seed, with metrics on disk
+  python scripts/train.py --seed 3 --out runs/s3 # another split/seed, with a run folder
+  python scripts/train.py --out runs/s3 --resume # continue it after a kill or Ctrl-C
   python scripts/train.py --preset tiny --epochs 5 --hidden 64 --parallel pmap
 
 A thin CLI over autorec_jax.train_and_evaluate. Every config field is a flag; a bad flag or
-value exits with status 2 and a message naming the field.
+value exits with status 2 and a message naming the field; bad data or a failed run exits 1
+with one line; Ctrl-C stops after the current epoch (saved in --out) and exits 130.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from autorec_jax.cli import parse_run_args  # noqa: E402
-from autorec_jax.errors import AutoRecError  # noqa: E402
+from autorec_jax.errors import AutoRecError, ConfigError, TrainingInterrupted  # noqa: E402
+
+PROG = "train.py"
+EXTRA = {
+    "--resume": dict(action="store_true",
+                     help="continue the run in --out from its latest checkpoint"),
+    "--overwrite": dict(action="store_true",
+                        help="replace a previous run in --out (its run files only)"),
+}
+
+
+class StopOnInterrupt:
+    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current epoch (so it
+    is saved); a second one ends the process at once (every file on disk is whole)."""
+
+    def __init__(self, quiet: bool):
+        self.requested = False
+        self.quiet = quiet
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.requested = True
+        if not self.quiet:
+            print("stopping after this epoch (Ctrl-C again to stop at once)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, args = parse_run_args(__doc__, argv)
+    config, args = parse_run_args(__doc__, argv, extra=EXTRA)
+    stop = StopOnInterrupt(args.quiet)
+    signal.signal(signal.SIGINT, stop)
 
     from autorec_jax.experiment import train_and_evaluate  # imports JAX's backends lazily
 
     try:
-        result = train_and_evaluate(config, args.out)
-    except AutoRecError as err:
-        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        result = train_and_evaluate(
+            config, args.out, resume=args.resume, overwrite=args.overwrite,
+            progress=sys.stdout.isatty() and not args.quiet,
+            stop_requested=lambda: stop.requested)
+    except TrainingInterrupted as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 130
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except (AutoRecError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     if args.quiet:
         print(f"test RMSE {result.summary['test_rmse']:.4f}")

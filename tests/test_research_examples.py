@@ -238,12 +238,6 @@ def test_own_loop_agrees_across_devices_and_scores_like_a_numpy_forward_pass(cap
     assert f"epoch 2  last step: {experiment.num_rows % 12} rows" in capsys.readouterr().out
 
 
-def test_package_evaluate_stays_the_function_after_its_module_loads():
-    import autorec_jax.evaluate  # noqa: F401  (binds the package attribute on first load)
-    assert callable(ar.evaluate) and not isinstance(ar.evaluate, types.ModuleType)
-
-
-@pytest.fixture(scope="module")
 def ratings_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "ratings.tsv"
     path.write_text(udata_text(random_ratings(num_users=24, num_items=40, seed=5)))
