@@ -280,6 +280,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
             break
     if bar is not None:
         bar.close()
+    loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + saver.total_seconds
     return _finish(run_dir, experiment, state, best_params, loop, history, scores,
                    optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
                    entry_fields=entry_fields)
@@ -323,6 +324,7 @@ class _Saver:
     def __init__(self):
         self.last_end = time.perf_counter()
         self.last_seconds = 0.0
+        self.total_seconds = 0.0
 
     def due(self, epoch: int, every: int) -> bool:
         if every:
@@ -336,6 +338,7 @@ class _Saver:
                         keep=config.train.keep_checkpoints, best_epoch=best)
         self.last_end = time.perf_counter()
         self.last_seconds = self.last_end - start
+        self.total_seconds += self.last_seconds
 
 
 def _select(loop, params, best_params, epoch, valid_rmse, patience):
@@ -408,6 +411,7 @@ def _finish(run_dir, experiment, state, best_params, loop, history, scores, **se
         "train_seconds": loop["seconds"],
         "entries_per_sec": loop["entries"] / max(loop["seconds"], 1e-9),
         "compile_seconds": experiment.compile_seconds, "steps": int(state.step),
+        "checkpoint_seconds": loop.get("checkpoint_seconds", 0.0),
         "parallel": experiment.parallel.mode, "num_devices": experiment.parallel.num_devices,
         "seams": {name: _describe(value) for name, value in seams.items()
                   if value is not None},

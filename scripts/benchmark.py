@@ -13,12 +13,18 @@ Measures (each repeated, reported as median [min, max]):
   compile    ahead-of-time compilation of the train and eval calls
   eval       one evaluation pass over the training rows
   main job   wall time of `python scripts/train.py` (cached data, warm compilation cache)
+  checkpoints  the recipe's run with a run folder at the default checkpoint interval: time
+             spent saving over training time
+  --compare-with DIR  runs DIR's scripts/benchmark.py (another checkout, e.g. a
+             `git worktree` of an older commit) and this one alternately in subprocesses, and
+             reports this/that ratios of epoch time and entries/s
 Take timings while nothing else runs on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -106,6 +112,37 @@ def matmul_flops_per_step(config, row_width: int) -> int:
     return forward + backward
 
 
+def checkpoint_overhead(config, ratings, repeats: int) -> dict:
+    """Saving time over training time of the recipe's run into a fresh run folder."""
+    from autorec_jax.experiment import train_and_evaluate
+    ratios = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            summary = train_and_evaluate(config, Path(out) / "run", ratings=ratings).summary
+        ratios.append(summary["checkpoint_seconds"] / summary["train_seconds"])
+    return {"checkpoint_over_train": spread(ratios)}
+
+
+def compare_with(other: Path, repeats: int) -> dict:
+    """Alternates both checkouts' benchmarks (fresh processes); ratios this / other."""
+    runs = {"this": [], "other": []}
+    for _ in range(repeats):
+        for name, repo in (("other", other), ("this", REPO)):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "bench.json"
+                extra = ["--skip-checkpoints"] if name == "this" else []
+                subprocess.run([sys.executable, str(repo / "scripts" / "benchmark.py"),
+                                "--repeats", "3", "--skip-main-job", "--json", str(out),
+                                *extra], check=True, capture_output=True, cwd=repo)
+                runs[name].append(json.loads(out.read_text())["recipe"])
+    epoch = [a["epoch_seconds"]["median"] / b["epoch_seconds"]["median"]
+             for a, b in zip(runs["this"], runs["other"])]
+    rate = [a["entries_per_sec"]["median"] / b["entries_per_sec"]["median"]
+            for a, b in zip(runs["this"], runs["other"])]
+    return {"other": str(other), "epoch_time_ratio": spread(epoch),
+            "entries_per_sec_ratio": spread(rate)}
+
+
 def main_job_wall(repeats: int) -> dict:
     cache = tempfile.mkdtemp(prefix="autorec_jax_bench_jit_")
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--quiet",
@@ -131,7 +168,17 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-size", type=int, default=2048)
     parser.add_argument("--json", default=str(REPO / "runs" / "benchmark.json"))
     parser.add_argument("--skip-main-job", action="store_true")
+    parser.add_argument("--skip-checkpoints", action="store_true")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="another checkout whose benchmark runs alternately with this one")
     args = parser.parse_args(argv)
+    if args.compare_with is not None:
+        result = compare_with(args.compare_with.resolve(), args.repeats)
+        print(f"this / {result['other']} over {args.repeats} alternating runs: epoch time "
+              f"{fmt(result['epoch_time_ratio'], 1, 3)}, entries/s "
+              f"{fmt(result['entries_per_sec_ratio'], 1, 3)}")
+        reporting.write_json(Path(args.json), result)
+        return 0
 
     from autorec_jax.data import movielens
     ratings = movielens.load("ml-100k")
@@ -158,6 +205,8 @@ def main(argv=None) -> int:
         epoch_seconds_at_peak=epoch_at_peak, epoch_over_peak=spread(ratios))
     if not args.skip_main_job:
         results["main_job"] = main_job_wall(args.repeats)
+    if not args.skip_checkpoints:
+        results["checkpoints"] = checkpoint_overhead(config, ratings, args.repeats)
 
     rows = [
         ("practical peak, f32 matmul", f"{fmt(peak['gflops'], 1, 1)} GFLOP/s"),
@@ -171,6 +220,9 @@ def main(argv=None) -> int:
         ("evaluation pass", f"{fmt(recipe['eval_seconds'], 1e3)} ms"),
         ("compile (train + eval)", f"{experiment.compile_seconds:.2f} s"),
     ]
+    if "checkpoints" in results:
+        rows.append(("checkpoint time / training time",
+                     fmt(results["checkpoints"]["checkpoint_over_train"], 1, 3)))
     if "main_job" in results:
         rows.append(("main job wall (warm caches)",
                      f"{fmt(results['main_job']['wall_seconds'])} s"))

@@ -238,6 +238,7 @@ def test_own_loop_agrees_across_devices_and_scores_like_a_numpy_forward_pass(cap
     assert f"epoch 2  last step: {experiment.num_rows % 12} rows" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
 def ratings_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "ratings.tsv"
     path.write_text(udata_text(random_ratings(num_users=24, num_items=40, seed=5)))
