@@ -181,9 +181,9 @@ class TrainConfig:
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
     early_stopping: int = 0          # patience in epochs on validation RMSE (needs
                                      # data.valid_ratio > 0); 0: off, the last epoch is kept
-    checkpoint_every: int = 0        # epochs between checkpoints in --out; 0: automatic, as
-                                     # often as keeps saving under 10% of the run's time
-                                     # (the last and an interrupted epoch are always saved)
+    checkpoint_every: int = 0        # epochs between checkpoints in --out; 0: automatic,
+                                     # every max(30 s, 20x a save's time) (the last and an
+                                     # interrupted epoch are always saved)
     keep_checkpoints: int = 2        # newest checkpoints kept (plus the best by valid RMSE)
     divergence_factor: float = 100.0  # stop when the epoch's train loss exceeds this times
                                      # the first epoch's, or held-out RMSE exceeds it times

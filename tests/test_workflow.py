@@ -226,3 +226,24 @@ def test_train_cli_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_p
     assert "Traceback" not in stderr
     epochs = len(metrics_lines(run))
     assert checkpoint.latest(run) == epochs
+
+
+def test_train_cli_refuses_a_model_too_big_for_memory_in_one_line(tmp_path, ratings_file):
+    out = train_cli(*CLI, "--ratings", str(ratings_file), "--hidden", "2000000000")
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "needs about" in out.stderr
+    assert "--hidden" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_cli_refuses_a_used_folder_and_an_out_file_before_loading(tmp_path,
+                                                                        ratings_file):
+    (tmp_path / "file").write_text("x")
+    out = train_cli(*CLI, "--ratings", str(tmp_path / "missing.tsv"), "--out",
+                    str(tmp_path / "file"))
+    assert out.returncode == 2 and "--out" in out.stderr and "missing.tsv" not in out.stderr
+    run = tmp_path / "run"
+    assert train_cli(*CLI, "--ratings", str(ratings_file), "--epochs", "1", "--out",
+                     str(run)).returncode == 0
+    again = train_cli(*CLI, "--ratings", str(ratings_file), "--epochs", "1", "--out", str(run))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
