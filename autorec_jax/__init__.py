@@ -18,20 +18,30 @@ used (so `autorec_jax.data` works without it). The public API:
   research      per_row_grads(state, batch, rng, *, config, loss_fn=)
   model         AutoRec (forward / encode / decode), create_model, init_params
   evaluator     eval_block, eval_blocks, summarize
+  data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
+                steps_per_epoch
+  a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
-                TrainingDivergedError
+                TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
 
 import importlib
 
 from autorec_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, d2l,
                                 replace, tiny)
-from autorec_jax.errors import (AutoRecError, ChecksumError, ConfigError, DataError,
-                                SourceUnavailableError, TrainingDivergedError)
+from autorec_jax.errors import (AutoRecError, CheckpointError, ChecksumError, ConfigError,
+                                DataError, SourceUnavailableError, TrainingDivergedError,
+                                TrainingInterrupted)
 
 __version__ = "0.2.0"
 
 _LAZY_MODULES = {
+    "autorec_jax.checkpoint": ("Run", "load_run"),
+    "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
+    "autorec_jax.data.loading": ("load_ratings", "load_split"),
+    "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),
+    "autorec_jax.plots": ("plot_runs",),
+    "autorec_jax.recommend": ("predict_pairs", "top_k"),
     "autorec_jax.evaluator": ("eval_block", "eval_blocks", "summarize"),
     "autorec_jax.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch", "setup",
                                "train_and_evaluate"),
@@ -55,6 +65,7 @@ def __getattr__(name):
 
 
 __all__ = sorted([
-    "AutoRecError", "ChecksumError", "Config", "ConfigError", "DataConfig", "DataError",
-    "ModelConfig", "OptimConfig", "SourceUnavailableError", "TrainConfig",
-    "TrainingDivergedError", "d2l", "replace", "tiny", *_LAZY])
+    "AutoRecError", "CheckpointError", "ChecksumError", "Config", "ConfigError",
+    "DataConfig", "DataError", "ModelConfig", "OptimConfig", "SourceUnavailableError",
+    "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "replace", "tiny",
+    *_LAZY])

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from autorec_jax import checkpoint, preflight, reporting, run_folder
+from autorec_jax import checkpoint, policies, preflight, reporting, run_folder
 from autorec_jax.config import Config, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
@@ -205,8 +204,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
       TrainingInterrupted: `stop_requested()` said so.
       CheckpointError: `resume` with another config, other data or a damaged checkpoint.
     """
-    run_dir = None if out_dir is None else run_folder.claim(out_dir, resume=resume,
-                                                           overwrite=overwrite)
+    run_dir = None if out_dir is None else run_folder.claim(
+        out_dir, resume=resume, overwrite=overwrite)
     log.debug("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)
@@ -232,7 +231,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     scale = _rating_range(experiment.train)
     epochs = range(loop["epoch"] + 1, config.train.epochs + 1)
     bar = tqdm.tqdm(epochs, unit="epoch", delay=2.0, leave=False) if progress else None
-    scores, saver = {}, _Saver()
+    scores, cadence = {}, policies.CheckpointCadence()
     for epoch in bar if bar is not None else epochs:
         batches, carry = batching.epoch_batches(
             shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
@@ -247,8 +246,12 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         loop["entries"] += entries
         record = epoch_record(epoch, sum(experiment.steps[:epoch]), metrics, seconds, entries)
         history.append(record)
-        _check_loss(run_dir, history, metrics, epoch, sum(experiment.steps[:epoch - 1]), loop,
-                    config.train.divergence_factor)
+        try:
+            policies.check_loss(metrics, epoch, sum(experiment.steps[:epoch - 1]), loop,
+                                config.train.divergence_factor)
+        except TrainingDivergedError:
+            run_folder.write_history(run_dir, history)
+            raise
         stop = False
         if epoch % config.train.eval_every == 0 or epoch == config.train.epochs or selecting:
             start = time.perf_counter()
@@ -257,18 +260,26 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
             for name, score in scores.items():
                 record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
             record["eval_seconds"] = time.perf_counter() - start
-            _check_scores(run_dir, history, scores, epoch, scale,
-                          config.train.divergence_factor)
+            try:
+                policies.check_scores(scores, epoch, scale, config.train.divergence_factor)
+            except TrainingDivergedError:
+                run_folder.write_history(run_dir, history)
+                raise
         if selecting:
-            best_params, stop = _select(loop, state.params, best_params, epoch,
-                                        scores["valid"]["rmse"], config.train.early_stopping)
+            best_params, stop = policies.early_stopping_step(
+                loop, state.params, best_params, epoch, scores["valid"]["rmse"],
+                config.train.early_stopping)
         run_folder.write_history(run_dir, history)
         loop.update(epoch=epoch, shuffle_state=shuffle.bit_generator.state,
                     carry=carry.tolist())
         interrupted = stop_requested is not None and stop_requested()
         if run_dir is not None and (stop or interrupted or epoch == config.train.epochs
-                                    or saver.due(epoch, config.train.checkpoint_every)):
-            saver.save(run_dir, state, best_params, loop, config)
+                                    or cadence.due(epoch, config.train.checkpoint_every)):
+            start = time.perf_counter()
+            checkpoint.save(run_dir, epoch, _checkpoint_tree(state, best_params), loop,
+                            keep=config.train.keep_checkpoints,
+                            best_epoch=loop["best"]["epoch"] if loop["best"] else None)
+            cadence.record(start, time.perf_counter())
         _report(bar, record)
         if interrupted:
             raise TrainingInterrupted(
@@ -280,7 +291,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
             break
     if bar is not None:
         bar.close()
-    loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + saver.total_seconds
+    loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + cadence.total_seconds
     return _finish(run_dir, experiment, state, best_params, loop, history, scores,
                    optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
                    entry_fields=entry_fields)
@@ -292,6 +303,9 @@ def _open_run(run_dir, experiment, state, best_params, loop, resume):
     fingerprint = checkpoint.data_fingerprint(
         *(np.asarray(a) for part in (experiment.train, experiment.valid, experiment.test)
           for a in (part.users, part.items, part.ratings)))
+    tree_bytes = sum(x.nbytes for x in jax.tree.leaves(_checkpoint_tree(state, best_params)))
+    # The kept checkpoints, one being written, the model: refused now, not mid-run.
+    preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
     epoch = checkpoint.latest(run_dir) if resume else None
     if resume and (run_dir / "run.json").exists():
         checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
@@ -313,74 +327,10 @@ def _open_run(run_dir, experiment, state, best_params, loop, resume):
 
 
 def _checkpoint_tree(state, best_params) -> dict:
-    return {"state": state} if best_params is None else {"state": state,
-                                                        "best_params": best_params}
-
-
-class _Saver:
-    """Saves checkpoints; with interval 0 (automatic), when the time since the last save
-    reaches max(30 s, 20x what that save took): saving then costs at most ~5% of the run's
-    time, and a kill loses at most that much work."""
-
-    MIN_SECONDS, FACTOR = 30.0, 20.0
-
-    def __init__(self):
-        self.last_end = time.perf_counter()
-        self.last_seconds = 0.0
-        self.total_seconds = 0.0
-
-    def due(self, epoch: int, every: int) -> bool:
-        if every:
-            return epoch % every == 0
-        waited = time.perf_counter() - self.last_end
-        return waited >= max(self.MIN_SECONDS, self.FACTOR * self.last_seconds)
-
-    def save(self, run_dir, state, best_params, loop, config) -> None:
-        start = time.perf_counter()
-        best = loop["best"]["epoch"] if loop["best"] else None
-        checkpoint.save(run_dir, loop["epoch"], _checkpoint_tree(state, best_params), loop,
-                        keep=config.train.keep_checkpoints, best_epoch=best)
-        self.last_end = time.perf_counter()
-        self.last_seconds = self.last_end - start
-        self.total_seconds += self.last_seconds
-
-
-def _select(loop, params, best_params, epoch, valid_rmse, patience):
-    """Early stopping on validation RMSE: returns (best params, whether to stop)."""
-    if loop["best"] is None or valid_rmse < loop["best"]["valid_rmse"]:
-        loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
-        # A copy: the state's buffers are donated to the next epoch.
-        return jax.tree.map(jnp.copy, params), False
-    loop["bad_epochs"] += 1
-    return best_params, loop["bad_epochs"] >= patience
-
-
-def _check_loss(run_dir, history, metrics, epoch, first_step, loop, factor) -> None:
-    losses = np.asarray(metrics["loss"])
-    bad = np.flatnonzero(~np.isfinite(losses))
-    mean = float(np.mean(losses))
-    if loop["first_loss"] is None and not len(bad):
-        loop["first_loss"] = mean
-    if len(bad):
-        why = f"non-finite training loss at epoch {epoch}, step {first_step + bad[0] + 1}"
-    elif factor and mean > factor * loop["first_loss"]:
-        why = (f"training loss {mean:.4g} at epoch {epoch} is over {factor:g}x the first "
-               f"epoch's ({loop['first_loss']:.4g})")
-    else:
-        return
-    run_folder.write_history(run_dir, history)
-    raise TrainingDivergedError(f"training diverged: {why}; lower optim.lr or check the "
-                                "ratings")
-
-
-def _check_scores(run_dir, history, scores, epoch, scale, factor) -> None:
-    low, high = scale
-    for name, score in scores.items():
-        if factor and score["rmse"] > factor * max(high - low, 1.0):
-            run_folder.write_history(run_dir, history)
-            raise TrainingDivergedError(
-                f"training diverged: {name} RMSE {score['rmse']:.4g} at epoch {epoch} is "
-                f"over {factor:g}x the rating range {low:g}..{high:g}; lower optim.lr")
+    tree = {"state": state}
+    if best_params is not None:
+        tree["best_params"] = best_params
+    return tree
 
 
 def _report(bar, record) -> None:
@@ -459,5 +409,3 @@ def _device_memory() -> int | None:
 
 def _rating_range(train: Ratings) -> tuple[float, float]:
     return float(train.ratings.min()), float(train.ratings.max())
-
-

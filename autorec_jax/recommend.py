@@ -322,4 +322,3 @@ def format_title(titles: dict | None, item) -> str:
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
-

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from autorec_jax.config import Config, OptimConfig
+from autorec_jax.config import Config
 from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed_mask,
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
@@ -28,7 +28,6 @@ from autorec_jax.rows import DeviceRows, densify_fields
 
 PyTree = Any
 GradTransform = Callable[..., PyTree]
-Optimizer = "optax.GradientTransformation | Callable[[OptimConfig], optax.GradientTransformation]"
 # Key streams folded into a step's key (device indices are small numbers).
 _LOSS_STREAM, _GRAD_STREAM = 0x6C6F7373, 0x67726164
 

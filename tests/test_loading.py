@@ -32,8 +32,8 @@ def latest_on_new_items(num_users=4, shared_latest=False) -> Ratings:
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"split": "ratio", "test_ratio": 0.01}, "leaves no test ratings (train 20, valid 0, test 0); "
-                                            "raise --test-ratio"),
+    ({"split": "ratio", "test_ratio": 0.01},
+     "leaves no test ratings (train 20, valid 0, test 0); raise --test-ratio"),
     ({"split": "ratio", "test_ratio": 0.34, "valid_ratio": 0.99},
      "leaves no training ratings (train 0, valid 13, test 7); lower --valid-ratio"),
     ({"split": "random", "test_ratio": 0.999}, "leaves no training ratings"),

@@ -23,8 +23,8 @@ def test_write_jsonl_writes_non_finite_floats_as_null(tmp_path):
     reporting.write_jsonl(path, records)
     got = [strict_loads(line) for line in path.read_text().splitlines()]
     assert got == [{"epoch": 1, "train_loss": None, "test_rmse": 0.9},
-                   {"epoch": 2, "train_loss": None, "nested": {"a": [1.0, None],
-                                                                "b": [None, "x"]}}]
+                   {"epoch": 2, "train_loss": None,
+                    "nested": {"a": [1.0, None], "b": [None, "x"]}}]
     assert math.isnan(records[0]["train_loss"])  # the caller's records are left as they were
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import autorec_jax as ar
 from autorec_jax import config as config_lib
-from autorec_jax.data.ratings import row_matrix, to_dense
+from autorec_jax.data.ratings import to_dense
 from autorec_jax.errors import ConfigError
 from autorec_jax.losses import LossTerms, masked_sse, observed_mask, reconstruction_loss
 from autorec_jax.model import ACTIVATIONS, AutoRec, create_model, hash_dropout, init_params
@@ -370,3 +370,13 @@ def test_make_train_step_pmap_equals_jit(batch_rows, loss):
     pmap_params, pmap_metrics = run_own_loop(config, "pmap", batch_rows=batch_rows)
     chex.assert_trees_all_close(pmap_params, jit_params, atol=1e-5)
     assert float(pmap_metrics["rows"]) == float(jit_metrics["rows"]) == batch_rows
+
+
+def test_every_public_name_resolves_and_is_listed_in_the_package_docstring():
+    import re
+    listed = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", ar.__doc__))
+    for name in ar.__all__:
+        assert getattr(ar, name) is not None
+        assert name in listed, f"{name} is exported but not listed in autorec_jax's docstring"
+    with pytest.raises(AttributeError):
+        ar.not_a_name  # noqa: B018

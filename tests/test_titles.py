@@ -73,8 +73,8 @@ def test_parsers_name_the_bad_line(parse, data, message):
         parse(data)
 
 
-def test_ml100k_titles_come_from_the_pinned_wheel_member_then_the_cache(tmp_path,
-                                                                         monkeypatch):
+def test_ml100k_titles_come_from_the_pinned_wheel_member_then_the_cache(
+        tmp_path, monkeypatch):
     body = Counting(RECBOLE_ITEM)
     monkeypatch.setattr(titles, "ML100K_ITEMS", FileSpec(
         "ml-100k", "ml-100k.item", {"sha256": sources.sha256_bytes(RECBOLE_ITEM)},
