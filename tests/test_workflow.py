@@ -247,3 +247,28 @@ def test_train_cli_refuses_a_used_folder_and_an_out_file_before_loading(tmp_path
     again = train_cli(*CLI, "--ratings", str(ratings_file), "--epochs", "1", "--out", str(run))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_progress_bar_shows_loss_rmse_and_rate_instead_of_epoch_lines(tmp_path, ratings,
+                                                                      monkeypatch, capsys,
+                                                                      caplog):
+    import logging
+    import tqdm
+    from autorec_jax import experiment
+
+    class NoDelay(tqdm.tqdm):  # the real bar waits 2 s before showing itself
+        def __init__(self, *args, **kwargs):
+            kwargs.update(delay=0, mininterval=0, file=sys.stderr)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(experiment.tqdm, "tqdm", NoDelay)
+    config = workflow_config(epochs=3, valid_ratio=0.0)
+    with caplog.at_level(logging.INFO, logger="autorec_jax"):
+        ar.train_and_evaluate(config, ratings=ratings, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "loss " in err and "test RMSE" in err and "M entries/s" in err
+    assert not [r for r in caplog.records if r.getMessage().startswith("epoch")]
+    with caplog.at_level(logging.INFO, logger="autorec_jax"):
+        ar.train_and_evaluate(config, ratings=ratings, progress=False)
+    assert len([r for r in caplog.records if r.getMessage().startswith("epoch")]) == 3
+    assert "3/3" not in capsys.readouterr().err
