@@ -310,17 +310,19 @@ def _open_run(run_dir, experiment, state, best_params, loop, resume):
     if resume and (run_dir / "run.json").exists():
         checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
     checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
-    reporting.write_json(run_dir / "ids.json", {
-        "orientation": config.data.orientation,
-        "users": experiment.train.user_ids.tolist(),
-        "items": experiment.train.item_ids.tolist()})
+    ids = {"orientation": config.data.orientation,
+           "users": experiment.train.user_ids.tolist(),
+           "items": experiment.train.item_ids.tolist()}
+    reporting.write_json(run_dir / "ids.json", ids)
+    # Each checkpoint also carries the run's identity, so that it stands on its own.
+    identity = {"config": to_dict(config), "data_fingerprint": fingerprint, "ids": ids}
     if epoch is None:
         if resume:
             log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
-        return state, best_params, loop, []
+        return state, best_params, {**loop, "run": identity}, []
     tree = checkpoint.restore(run_dir, epoch, checkpoint.abstract(
         _checkpoint_tree(state, best_params)))
-    state, loop = tree[0]["state"], tree[1]
+    state, loop = tree[0]["state"], {**tree[1], "run": identity}
     best_params = tree[0].get("best_params")
     log.info("resuming %s after epoch %d", run_dir, epoch)
     return state, best_params, loop, run_folder.read_history(run_dir, epoch)

@@ -52,6 +52,10 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, rati
         ar.train_and_evaluate(config, tmp_path / "cut", ratings=ratings,
                               stop_requested=stop_after(3))
     assert checkpoint.latest(tmp_path / "cut") == 3  # an interrupted epoch is always saved
+    saved = json.loads((tmp_path / "cut" / "checkpoints" / "3" / "loop.json").read_text())
+    assert saved["run"]["config"]["model"]["hidden"] == list(config.model.hidden)
+    assert saved["run"]["ids"]["users"] == ratings.user_ids.tolist()
+    assert saved["carry"] is not None and "state" in saved["shuffle_state"]
     resumed = ar.train_and_evaluate(config, tmp_path / "cut", ratings=ratings, resume=True)
     for key in ("test_rmse", "test_mae", "valid_rmse", "steps", "epochs_run", "selection"):
         assert resumed.summary[key] == whole.summary[key], key
