@@ -38,7 +38,7 @@ MANIFEST = "manifest.json"
 # must match. Raising train.epochs continues a finished run for longer.
 MAY_DIFFER_ON_RESUME = ("train.epochs", "train.eval_every", "train.eval_batch_size",
                         "train.checkpoint_every", "train.keep_checkpoints",
-                        "train.divergence_factor", "data.data_dir")
+                        "train.divergence_factor", "data.data_dir", "train.allow_cpu")
 _PARTIAL, _REPLACED, _DELETING = ".partial-", ".replaced-", ".deleting-"
 
 
@@ -131,7 +131,7 @@ def load_params(path: str | Path, abstract_params: PyTree | None = None) -> PyTr
     _recover(path.parent, path.name)
     _verify(path)
     if abstract_params is None:
-        stored = ocp.metadata(path / "params").metadata
+        stored = ocp.metadata((path / "params").absolute()).metadata
         abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), stored)
     return _load(path / "params", _on_first_device(abstract_params))
 
@@ -207,7 +207,7 @@ def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final.parent, final.name)
     partial = final.parent / f"{_PARTIAL}{final.name}"
-    ocp.save(partial / name, tree)
+    ocp.save((partial / name).absolute(), tree)  # Orbax refuses relative paths
     for filename, text in texts.items():
         (partial / filename).write_text(text)
     # fsync everything before the rename, so that even a power cut cannot publish a folder
@@ -298,6 +298,7 @@ def _verify(folder: Path) -> None:
 def _load(path: Path, abstract: PyTree) -> PyTree:
     # Names, shapes and dtypes are compared first: Orbax would cast dtypes silently, and its
     # shape errors are long and leave coroutines unawaited.
+    path = path.absolute()  # Orbax refuses relative paths
     stored, wanted = _leaf_table(ocp.metadata(path).metadata), _leaf_table(abstract)
     for name in sorted(stored.keys() | wanted.keys()):
         have, want = stored.get(name), wanted.get(name)

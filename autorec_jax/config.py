@@ -33,6 +33,7 @@ DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
 PARALLEL_MODES = ("auto", "jit", "pmap")
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 def _check(ok: bool, field: str, allowed: str, value) -> None:
@@ -125,6 +126,10 @@ class ModelConfig:
     init_std: float = 0.01             # kernels ~ Normal(0, init_std); biases start at 0
     dropout_rng: str = "hash"          # "hash": counter hash seeded by the JAX PRNG (fast);
                                        # "jax": flax nn.Dropout, one PRNG uniform per unit
+    matmul_precision: str = "highest"  # precision of every layer's matmul: "highest" (float32,
+                                       # the book's numbers on any device), "high", "default"
+                                       # (fastest: one bf16 pass on TPU, TF32 on recent GPUs);
+                                       # the CPU ignores it
 
     def __post_init__(self):
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
@@ -137,6 +142,7 @@ class ModelConfig:
         _check(_is_real(self.init_std) and self.init_std > 0, "model.init_std", "> 0",
                self.init_std)
         _check_choice(self.dropout_rng, "model.dropout_rng", DROPOUT_RNGS)
+        _check_choice(self.matmul_precision, "model.matmul_precision", MATMUL_PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +194,8 @@ class TrainConfig:
     divergence_factor: float = 100.0  # stop when the epoch's train loss exceeds this times
                                      # the first epoch's, or held-out RMSE exceeds it times
                                      # the rating range; 0: never
+    allow_cpu: bool = False          # train on the CPU even when a TPU or GPU is visible but
+                                     # JAX did not start it (else the run stops naming the fix)
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
@@ -211,6 +219,8 @@ class TrainConfig:
         _check(_is_real(self.divergence_factor) and (self.divergence_factor == 0
                                                      or self.divergence_factor > 1),
                "train.divergence_factor", "0 (off) or > 1", self.divergence_factor)
+        _check(isinstance(self.allow_cpu, bool), "train.allow_cpu", "true or false",
+               self.allow_cpu)
 
 
 @dataclasses.dataclass(frozen=True)

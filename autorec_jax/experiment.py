@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from autorec_jax import checkpoint, policies, preflight, reporting, run_folder
+from autorec_jax import checkpoint, policies, preflight, reporting, run_folder, runtime
 from autorec_jax.config import Config, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
@@ -71,7 +71,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
 
     Nothing is compiled here: each call compiles on its first use of a shape, so injecting
     an optimiser costs no throwaway compile. `config.seed` gives one root key, split into
-    init, shuffle and step keys.
+    init, shuffle and step keys. A TPU or GPU that the system shows but JAX did not start
+    stops the run here (`runtime.check_accelerator`) unless `config.train.allow_cpu`.
 
     Args:
       optimizer: replaces the config's optimiser (see `train.create_train_state`).
@@ -80,7 +81,11 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
       entry_fields: name -> function of the training `Ratings` returning one float per
         rating (in that Ratings' order); each becomes a [B, N] batch field. "weights" is
         read by the default loss as per-entry weights.
+
+    Raises:
+      ConfigError: an idle accelerator (the message names the install that fixes it).
     """
+    runtime.check_accelerator(config.train.allow_cpu)
     train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
     orientation = config.data.orientation
     train_rows = row_matrix(train, orientation)
@@ -146,8 +151,10 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
              ) -> dict[str, dict[str, float]]:
     """RMSE, MAE and count of any `params` on held-out sets: {"test": {...}, ...}.
 
-    `names` picks the sets ("valid", "test"); None: every set the split has.
+    `names` picks the sets ("valid", "test"); None: every set the split has. `params` may
+    sit anywhere (`load_run` gives them on one device): they are replicated first.
     """
+    params = experiment.parallel.replicate(params)
     return {name: summarize(jax.device_get(experiment.eval_fn(params, data,
                                                               experiment.eval_index)))
             for name, data in experiment.heldout.items() if names is None or name in names}
@@ -369,6 +376,7 @@ def _finish(run_dir, experiment, state, best_params, loop, history, scores, **se
         "compile_seconds": experiment.compile_seconds, "steps": int(state.step),
         "checkpoint_seconds": loop.get("checkpoint_seconds", 0.0),
         "parallel": experiment.parallel.mode, "num_devices": experiment.parallel.num_devices,
+        "matmul_precision": config.model.matmul_precision,
         "seams": {name: _describe(value) for name, value in seams.items()
                   if value is not None},
         "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,

@@ -49,6 +49,10 @@ class AutoRec(nn.Module):
       init_std: kernels start ~ Normal(0, init_std); biases start at zero.
       dropout_rng: "hash" (`hash_dropout`, the default) or "jax" (flax's nn.Dropout, which
         draws one JAX PRNG uniform per unit).
+      matmul_precision: every layer's matmul precision ("highest", "high", "default"): at
+        "default" a TPU multiplies float32 in one bf16 pass (recent GPUs: TF32), so results
+        differ from the CPU's; "highest" keeps float32. Backward matmuls inherit it. The CPU
+        ignores it.
     """
 
     num_outputs: int
@@ -58,13 +62,16 @@ class AutoRec(nn.Module):
     dropout: float = 0.05
     init_std: float = 0.01
     dropout_rng: str = "hash"
+    matmul_precision: str = "highest"
 
     def setup(self):
         kernel_init = nn.initializers.normal(stddev=self.init_std)
+        precision = jax.lax.Precision(self.matmul_precision)
         # Attribute names are the parameter names (hidden_0, ..., output).
         for i, width in enumerate(self.hidden):
-            setattr(self, f"hidden_{i}", nn.Dense(width, kernel_init=kernel_init))
-        self.output = nn.Dense(self.num_outputs, kernel_init=kernel_init)
+            setattr(self, f"hidden_{i}", nn.Dense(width, kernel_init=kernel_init,
+                                                  precision=precision))
+        self.output = nn.Dense(self.num_outputs, kernel_init=kernel_init, precision=precision)
         if self.dropout_rng == "jax":
             self.jax_dropout = nn.Dropout(self.dropout)
 
@@ -150,7 +157,8 @@ def hash_dropout(x: jax.Array, rate: float, rng: jax.Array,
 def create_model(config: ModelConfig, num_outputs: int) -> AutoRec:
     return AutoRec(num_outputs=num_outputs, hidden=config.hidden, activation=config.activation,
                    output_activation=config.output_activation, dropout=config.dropout,
-                   init_std=config.init_std, dropout_rng=config.dropout_rng)
+                   init_std=config.init_std, dropout_rng=config.dropout_rng,
+                   matmul_precision=config.matmul_precision)
 
 
 def init_params(model: AutoRec, rng: jax.Array) -> PyTree:

@@ -1,9 +1,35 @@
-"""Process-level JAX settings that entry points (scripts, notebooks) opt into explicitly."""
+"""Process-level JAX settings that entry points (scripts, notebooks) opt into explicitly, and
+the accelerator guard: a TPU or GPU the system shows but JAX did not start stops a run.
+
+Nothing here imports JAX at module load, so a notebook can read the system (which jax extra
+to install) before JAX is installed or imported.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Callable, Mapping
+
+from autorec_jax.errors import ConfigError
+
+# Set on TPU VMs (TPU_ACCELERATOR_TYPE, e.g. v5litepod-1), by Cloud TPU tooling (TPU_NAME)
+# and on Colab's legacy TPU runtimes (COLAB_TPU_ADDR).
+TPU_ENV_VARS = ("TPU_ACCELERATOR_TYPE", "COLAB_TPU_ADDR", "TPU_NAME")
+# TPU chips on PCI: Google's vendor id and the chip ids JAX itself looks for (v3, v4, v5p,
+# v5e, v6e, 7x; jax/_src/hardware_utils.py). v5e and v6e chips are bound to vfio and appear
+# as /dev/vfio/<n>, which any passthrough device can; their PCI ids say it is a TPU.
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICES = ("0x0027", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+# The device files JAX checks before it starts CUDA (the second one: Docker, Kubernetes).
+GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl")
+TPU_INSTALL = 'pip install -U "jax[tpu]"'
+GPU_INSTALL = 'pip install -U "jax[cuda13]" ("jax[cuda12]" for a driver older than CUDA 13)'
 
 
 def default_compilation_cache_dir() -> Path:
@@ -25,3 +51,104 @@ def enable_compilation_cache(cache_dir: str | os.PathLike | None = None) -> Path
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _nvidia_smi() -> str:
+    """nvidia-smi's report, or "" when it is missing or fails."""
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    try:
+        return subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20,
+                              check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _jax_backend() -> str:
+    import jax
+    return jax.default_backend()
+
+
+def _requested_platforms() -> str:
+    import jax
+    return jax.config.jax_platforms or ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemProbes:
+    """How the system and JAX are read; tests replace `PROBES` with fakes."""
+
+    exists: Callable[[str], bool] = os.path.exists
+    glob: Callable[[str], list] = glob.glob
+    read_text: Callable[[str], str] = _read_text
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: os.environ)
+    nvidia_smi: Callable[[], str] = _nvidia_smi
+    backend: Callable[[], str] = _jax_backend          # "cpu", "gpu", "tpu" (starts JAX)
+    requested: Callable[[], str] = _requested_platforms  # JAX_PLATFORMS / jax_platforms
+
+
+PROBES = SystemProbes()
+
+
+def visible_accelerator(probes: SystemProbes | None = None) -> str | None:
+    """"tpu" or "gpu" when the system shows one (whatever JAX does with it), else None."""
+    probes = probes or PROBES
+    if (probes.glob("/dev/accel[0-9]*")
+            or any(probes.environ.get(name) for name in TPU_ENV_VARS)
+            or any(probes.read_text(vendor) == GOOGLE_PCI_VENDOR
+                   and probes.read_text(str(Path(vendor).with_name("device"))) in TPU_PCI_DEVICES
+                   for vendor in probes.glob("/sys/bus/pci/devices/*/vendor"))):
+        return "tpu"
+    if any(probes.exists(path) for path in GPU_DEVICE_FILES):
+        return "gpu"
+    return None
+
+
+def cuda_extra(nvidia_smi_report: str) -> str:
+    """The jax extra for this driver: "cuda13" when nvidia-smi reports CUDA 13 or newer,
+    else "cuda12" (which newer drivers also run)."""
+    found = re.search(r"CUDA Version:\s*(\d+)", nvidia_smi_report)
+    return "cuda13" if found and int(found.group(1)) >= 13 else "cuda12"
+
+
+def jax_extra(probes: SystemProbes | None = None) -> str | None:
+    """The extra to install jax with here ("tpu", "cuda12", "cuda13"), None for the CPU."""
+    probes = probes or PROBES
+    kind = visible_accelerator(probes)
+    if kind == "gpu":
+        return cuda_extra(probes.nvidia_smi())
+    return kind
+
+
+def check_accelerator(allow_cpu: bool = False, probes: SystemProbes | None = None) -> None:
+    """Stops a run that would silently train on the CPU next to an idle TPU or GPU.
+
+    JAX registers the TPU and CUDA backends so that a failure to start them (a libtpu older
+    than jaxlib, no CUDA plugin) only warns and falls back to the CPU. This raises instead,
+    unless `allow_cpu` or JAX_PLATFORMS=cpu (the CPU asked for by name). Where no
+    accelerator is visible it does nothing.
+
+    Raises:
+      ConfigError: one line naming the install command that fixes it and the flag that
+        keeps the CPU.
+    """
+    probes = probes or PROBES
+    if allow_cpu:
+        return
+    kind = visible_accelerator(probes)
+    if kind is None or probes.backend() != "cpu":
+        return
+    requested = {p.strip() for p in probes.requested().split(",") if p.strip()}
+    if requested == {"cpu"}:
+        return
+    what, fix = (("a TPU", TPU_INSTALL) if kind == "tpu" else ("an NVIDIA GPU", GPU_INSTALL))
+    raise ConfigError(f"{what} is visible but JAX started only the CPU: run {fix} and "
+                      "restart Python (Colab: Runtime > Restart session), or pass --allow-cpu "
+                      "true (train.allow_cpu) to train on the CPU")

@@ -56,6 +56,16 @@ def _assert_bit_identical(restored, state):
     chex.assert_trees_all_equal(leaves, expected)
 
 
+def test_relative_folders_work(tmp_path, monkeypatch):
+    # `--out runs/x` is relative; Orbax itself accepts only absolute paths.
+    monkeypatch.chdir(tmp_path)
+    state = _trained_state()
+    checkpoint.save("run", 1, state, _loop(1))
+    _assert_bit_identical(checkpoint.restore("run", 1, _abstract(state))[0], state)
+    checkpoint.save_params("run/model", state.params)
+    chex.assert_trees_all_equal(checkpoint.load_params("run/model"), state.params)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_restore_trained_state_is_bit_identical(tmp_path, optimizer):
     config = config_lib.replace(config_lib.tiny(), optimizer=optimizer, momentum=0.9)

@@ -20,6 +20,8 @@ def test_d2l_preset_is_the_books_recipe():
         25, 256, "rollover", "book")
     assert (c.data.dataset, c.data.split, c.data.test_ratio, c.seed) == (
         "ml-100k", "random", 0.1, 0)
+    # float32 matmuls on every device (TPUs default to one bf16 pass); never CPU by accident.
+    assert (c.model.matmul_precision, c.train.allow_cpu) == ("highest", False)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -42,6 +44,8 @@ def test_d2l_preset_is_the_books_recipe():
     ("dataset", "ml-2m", "data.dataset must be one of ml-100k, ml-1m"),
     ("dataset", "", "data.dataset"),
     ("decay_biases", "yes", "optim.decay_biases"),
+    ("matmul_precision", "bf16", "model.matmul_precision must be one of highest, high, default"),
+    ("allow_cpu", "yes", "train.allow_cpu"),
 ])
 def test_replace_rejects_impossible_values_naming_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")

@@ -1,5 +1,7 @@
 """The AutoRec network: shapes, parameter count, initialisation, dropout."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +37,26 @@ def test_forward_matches_numpy_sigmoid_encoder_linear_decoder():
     hidden = 1 / (1 + np.exp(-(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"])))
     expected = hidden @ p["output"]["kernel"] + p["output"]["bias"]
     got = model.apply({"params": params}, x, train=False)  # inference: no dropout
+    # float32 vs float64 at rtol 1e-5: the matmuls run at precision "highest" (the default);
+    # at "default" a TPU's single bf16 pass would need rtol ~1e-2.
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-7)
+
+
+def dot_precisions(lowered_text: str) -> list[str]:
+    """The precision of every dot_general in StableHLO text ("HIGHEST", "DEFAULT", ...)."""
+    dots = [line for line in lowered_text.splitlines() if "stablehlo.dot_general" in line]
+    found = [re.search(r"precision = \[(\w+), (\w+)\]", line) for line in dots]
+    return [m.group(1) if m and m.group(1) == m.group(2) else "unset" for m in found]
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "default"])
+def test_matmul_precision_reaches_every_dense_layer(precision):
+    config = config_lib.replace(config_lib.d2l(), hidden=(7, 5), matmul_precision=precision)
+    model = create_model(config.model, num_outputs=12)
+    params = init_params(model, jax.random.key(0))
+    lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(
+        params, jnp.ones((3, 12)))
+    assert dot_precisions(lowered.as_text()) == [precision.upper()] * 3
 
 
 def _dropout_outputs(impl, rate, draws=256):

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from autorec_jax.data.readers import Format, read_ratings
 from autorec_jax.errors import ConfigError, DataError
@@ -73,6 +73,8 @@ BAD = [  # (content, format, expected line or None, words the message must hold)
     (b"1\t2\t3\t4\n\t6\t4\t8\n", {}, 2, "user id is empty"),
     (b"1\t2\t3\tnoon\n", {}, 1, "timestamp 'noon' is not an integer"),
     (b"a\t2\t3\t4\n", {"id_type": "int"}, 1, "pass --id-type str"),
+    ("1\t2\t3\n4\t5\t٣\n".encode(), {}, 2, "rating '٣' is not a number"),
+    ("1\t٣\t3\n".encode(), {"id_type": "int"}, 1, "item id '٣' is not an integer"),
     (b"1::2::3::4\n5:6::4::8\n", {}, 2, "3 field(s) where 4"),
     (b"1\t2\t0\t4\n", {}, 1, "rating 0"),
     (b"1;2;3;4;5;6\n", {}, 1, "6 field(s) separated by ';' where 3 or 4 are expected"),
@@ -123,7 +125,8 @@ def test_impossible_formats_are_config_errors(fmt, field):
 
 # --- property: random (often malformed) files either parse correctly or raise DataError ---
 
-NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only: pandas' parser (and so the reader) reads "٣" as text, not 3.
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 
 def integer(text: str):
@@ -172,6 +175,8 @@ def reference_parse(text: str, counts=(4,)):
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(FILE, st.sampled_from([("user", "item", "rating", "timestamp"), None]))
+@example("1\t٣\t1", None)         # a non-ASCII digit is an id's text, not the number 3
+@example("1\t2\t٣", None)         # and no rating
 def test_random_files_parse_correctly_or_raise_data_error(tmp_path, text, columns):
     path = write(tmp_path, text.encode("utf-8"))
     try:

@@ -19,6 +19,7 @@ from autorec_jax.rows import to_device_rows
 from autorec_jax.experiment import train_and_evaluate
 from autorec_jax.train import create_train_state, train_epoch, train_step
 from synthetic import random_ratings
+from test_model import dot_precisions
 
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 
@@ -65,10 +66,24 @@ def test_sgd_step_equals_hand_derived_numpy_gradient(loss):
     expected = numpy_sgd_step(expected_params, x, 0.3, denominator)
     new_state, metrics = jax.jit(functools.partial(train_step, config=config))(
         state, batch_of(dense, index), jax.random.key(1))
+    # float32 against float64: rtol 1e-5 holds because the model's matmuls run at precision
+    # "highest" (the default) on every backend. At "default" a TPU multiplies in one bf16
+    # pass (8 mantissa bits, relative error ~4e-3 per product) and this needs rtol ~1e-2.
     chex.assert_trees_all_close(jax.tree.map(np.asarray, new_state.params), expected,
                                 rtol=1e-5, atol=1e-6)
     assert int(new_state.step) == 1 and float(metrics["rows"]) == 4
     assert float(metrics["observed"]) == (x != 0).sum()
+
+
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_matmul_precision_reaches_the_backward_pass(precision):
+    config = toy_config(matmul_precision=precision)
+    rows = toy_rows()
+    state = create_train_state(config, rows.num_cols, jax.random.key(0))
+    lowered = jax.jit(functools.partial(train_step, config=config)).lower(
+        state, batch_of(to_dense(rows), np.arange(8, dtype=np.int32)), jax.random.key(1))
+    # Two forward matmuls, three backward (no gradient with respect to the input).
+    assert dot_precisions(lowered.as_text()) == [precision.upper()] * 5
 
 
 def test_coupled_weight_decay_equals_l2_term_in_the_loss():
@@ -199,6 +214,8 @@ def test_train_and_evaluate_writes_metrics_and_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_rmse"] == records[-1]["test_rmse"] == result.summary["test_rmse"]
     assert summary["config"]["train"]["epochs"] == 3
+    assert summary["matmul_precision"] == "highest" == summary["config"]["model"][
+        "matmul_precision"]
     assert summary["data"]["train_ratings"] + summary["data"]["test_ratings"] == len(ratings)
     for key in ("test_mae", "train_seconds", "entries_per_sec", "device_kind", "device_count",
                 "versions", "compile_seconds"):

@@ -130,6 +130,15 @@ def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, ratings):
     assert scores["test"]["rmse"] == pytest.approx(result.summary["test_rmse"], abs=1e-6)
 
 
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs several devices")
+def test_restored_params_score_under_pmap(tmp_path, ratings):
+    # load_run gives params on one device; the pmap evaluation replicates them itself.
+    config = workflow_config(epochs=2, valid_ratio=0.0, parallel="pmap")
+    result = ar.train_and_evaluate(config, tmp_path, ratings=ratings)
+    scores = ar.evaluate(result.experiment, checkpoint.load_run(tmp_path).params)
+    assert scores["test"]["rmse"] == pytest.approx(result.summary["test_rmse"], abs=1e-6)
+
+
 def test_a_finite_blow_up_stops_naming_the_epoch(tmp_path, ratings):
     config = workflow_config(lr=1000.0, epochs=10, valid_ratio=0.0)
     with pytest.raises(TrainingDivergedError, match=r"diverged: .* at epoch \d+"):

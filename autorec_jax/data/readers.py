@@ -224,6 +224,9 @@ def _default_columns(first: tuple[int, str], sep: str, shown: str) -> tuple[str,
 
 
 def _is_number(text: str) -> bool:
+    # ASCII only, as pandas' parser reads numbers; Python's float() also takes "٣" (3).
+    if not text.isascii():
+        return False
     try:
         float(text)
         return True
@@ -354,6 +357,8 @@ def _scan_for_bad_line(data: bytes, sep: str, fmt: Format, header: bool, shown: 
 
 
 def _is_int(text: str) -> bool:
+    if not text.isascii():  # as _is_number
+        return False
     try:
         int(text)
         return True
