@@ -23,6 +23,7 @@ DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
 SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "ml100k-u2",
           "ml100k-u3", "ml100k-u4", "ml100k-u5", "ml100k-ua", "ml100k-ub")
 RATINGS_FORMATS = ("auto", "delimited", "netflix")
@@ -32,7 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
-PARALLEL_MODES = ("auto", "jit", "pmap")
+PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 
 
 def _check(ok: bool, field: str, allowed: str, value) -> None:
@@ -125,6 +126,9 @@ class ModelConfig:
     init_std: float = 0.01             # kernels ~ Normal(0, init_std); biases start at 0
     dropout_rng: str = "hash"          # "hash": counter hash seeded by the JAX PRNG (fast);
                                        # "jax": flax nn.Dropout, one PRNG uniform per unit
+    compute_dtype: str = "float32"     # dtype of the layers' matmuls and activations:
+                                       # "float32" or "bfloat16" (params, optimiser state,
+                                       # accumulation and the loss stay float32)
 
     def __post_init__(self):
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
@@ -137,6 +141,7 @@ class ModelConfig:
         _check(_is_real(self.init_std) and self.init_std > 0, "model.init_std", "> 0",
                self.init_std)
         _check_choice(self.dropout_rng, "model.dropout_rng", DROPOUT_RNGS)
+        _check_choice(self.compute_dtype, "model.compute_dtype", COMPUTE_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +180,9 @@ class TrainConfig:
                                      # carried into the next epoch), "pad", or "drop"
     loss: str = "book"               # "book": 0.5 * mean over all entries of the batch;
                                      # "observed": mean over observed entries; "sum": plain SSE
-    parallel: str = "auto"           # "jit" (one device), "pmap" (all local devices), "auto"
+    parallel: str = "auto"           # "jit" (one device), "pmap" (all local devices),
+                                     # "sharded" (jit + shard_map over a data x model mesh
+                                     # of all devices), "auto": sharded if >1 device, else jit
     eval_batch_size: int = 1024      # rows per evaluation block
     eval_every: int = 1              # evaluate every this many epochs (and after the last)
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
@@ -188,6 +195,8 @@ class TrainConfig:
     divergence_factor: float = 100.0  # stop when the epoch's train loss exceeds this times
                                      # the first epoch's, or held-out RMSE exceeds it times
                                      # the rating range; 0: never
+    model_parallel: int = 1          # "sharded": devices on the mesh's model axis, which
+                                     # splits the row width N (V, W, b, optimiser state)
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
@@ -211,6 +220,8 @@ class TrainConfig:
         _check(_is_real(self.divergence_factor) and (self.divergence_factor == 0
                                                      or self.divergence_factor > 1),
                "train.divergence_factor", "0 (off) or > 1", self.divergence_factor)
+        _check(_is_int(self.model_parallel) and self.model_parallel >= 1,
+               "train.model_parallel", "an integer >= 1", self.model_parallel)
 
 
 @dataclasses.dataclass(frozen=True)

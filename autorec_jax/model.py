@@ -49,6 +49,9 @@ class AutoRec(nn.Module):
       init_std: kernels start ~ Normal(0, init_std); biases start at zero.
       dropout_rng: "hash" (`hash_dropout`, the default) or "jax" (flax's nn.Dropout, which
         draws one JAX PRNG uniform per unit).
+      compute_dtype: "float32" or "bfloat16": the dtype of the matmul inputs and the
+        activations (mixed precision); params stay float32 and the reconstruction comes
+        back float32, so the loss and its sums are float32.
     """
 
     num_outputs: int
@@ -58,13 +61,16 @@ class AutoRec(nn.Module):
     dropout: float = 0.05
     init_std: float = 0.01
     dropout_rng: str = "hash"
+    compute_dtype: str = "float32"
 
     def setup(self):
         kernel_init = nn.initializers.normal(stddev=self.init_std)
+        dense = dict(kernel_init=kernel_init, dtype=jnp.dtype(self.compute_dtype),
+                     param_dtype=jnp.float32)
         # Attribute names are the parameter names (hidden_0, ..., output).
         for i, width in enumerate(self.hidden):
-            setattr(self, f"hidden_{i}", nn.Dense(width, kernel_init=kernel_init))
-        self.output = nn.Dense(self.num_outputs, kernel_init=kernel_init)
+            setattr(self, f"hidden_{i}", nn.Dense(width, **dense))
+        self.output = nn.Dense(self.num_outputs, **dense)
         if self.dropout_rng == "jax":
             self.jax_dropout = nn.Dropout(self.dropout)
 
@@ -92,7 +98,7 @@ class AutoRec(nn.Module):
 
     def decode(self, code_BxH: jax.Array) -> jax.Array:
         """Code [B, H] -> reconstructed rows float32 [B, N]."""
-        return ACTIVATIONS[self.output_activation](self.output(code_BxH))
+        return ACTIVATIONS[self.output_activation](self.output(code_BxH)).astype(jnp.float32)
 
     def __call__(self, ratings_BxN: jax.Array, *, train: bool,
                  row_ids: jax.Array | None = None) -> jax.Array:
@@ -100,7 +106,7 @@ class AutoRec(nn.Module):
         return self.forward(ratings_BxN, train=train, row_ids=row_ids)[0]
 
     def _encode(self, ratings_BxN, train, row_ids):
-        hidden_BxH, activations = ratings_BxN, []
+        hidden_BxH, activations = ratings_BxN.astype(self.compute_dtype), []
         for i in range(len(self.hidden)):
             hidden_BxH = ACTIVATIONS[self.activation](getattr(self, f"hidden_{i}")(hidden_BxH))
             activations.append(hidden_BxH)
@@ -150,7 +156,8 @@ def hash_dropout(x: jax.Array, rate: float, rng: jax.Array,
 def create_model(config: ModelConfig, num_outputs: int) -> AutoRec:
     return AutoRec(num_outputs=num_outputs, hidden=config.hidden, activation=config.activation,
                    output_activation=config.output_activation, dropout=config.dropout,
-                   init_std=config.init_std, dropout_rng=config.dropout_rng)
+                   init_std=config.init_std, dropout_rng=config.dropout_rng,
+                   compute_dtype=config.compute_dtype)
 
 
 def init_params(model: AutoRec, rng: jax.Array) -> PyTree:
