@@ -35,24 +35,36 @@ SHAPES = {  # users, items, ratings (the public sets' sizes)
 }
 
 
-def zipf_weights(n: int, exponent: float, offset: float, rng) -> np.ndarray:
+def zipf_weights(n: int, exponent: float, offset: float, cap: float, rng) -> np.ndarray:
+    """Zipf-like probabilities, the head flattened to at most `cap` (so that the expected
+    count of the busiest user or item stays below the other side's size)."""
     weights = (np.arange(n) + offset) ** -exponent
-    return rng.permutation(weights / weights.sum())
+    weights /= weights.sum()
+    for _ in range(20):
+        weights = np.minimum(weights, cap)
+        weights /= weights.sum()
+    return rng.permutation(weights)
 
 
 def make_ratings(num_users: int, num_items: int, num_ratings: int, seed: int = 0,
                  user_exponent: float = 0.6, item_exponent: float = 1.0) -> Ratings:
     """A long-tailed synthetic set with exactly `num_ratings` distinct (user, item) pairs."""
     rng = np.random.default_rng(seed)
-    p_user = zipf_weights(num_users, user_exponent, 50.0, rng)
-    p_item = zipf_weights(num_items, item_exponent, 20.0, rng)
+    p_user = zipf_weights(num_users, user_exponent, 50.0, 0.4 * num_items / num_ratings, rng)
+    p_item = zipf_weights(num_items, item_exponent, 20.0, 0.4 * num_users / num_ratings, rng)
     keys = np.zeros(0, np.int64)
-    while len(keys) < num_ratings:
-        draw = int((num_ratings - len(keys)) * 1.1) + 1000
-        new = (rng.choice(num_users, draw, p=p_user).astype(np.int64) * num_items
-               + rng.choice(num_items, draw, p=p_item))
+    for round_ in range(12):
+        if len(keys) >= num_ratings:
+            break
+        draw = int((num_ratings - len(keys)) * 1.2) + 1000
+        if round_ >= 4:  # the head is saturated: top up with uniform pairs (few repeats)
+            new = rng.integers(0, num_users * num_items, draw, dtype=np.int64)
+        else:
+            new = (rng.choice(num_users, draw, p=p_user).astype(np.int64) * num_items
+                   + rng.choice(num_items, draw, p=p_item))
         keys = np.unique(np.concatenate([keys, new]))
         del new
+        print(f"  round {round_}: {len(keys):,} distinct pairs", flush=True)
     keys = keys[np.sort(rng.choice(len(keys), num_ratings, replace=False))]
     users = (keys // num_items).astype(np.int32)
     items = (keys % num_items).astype(np.int32)
