@@ -120,6 +120,7 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_loss():
                              jax.random.key(0))
     f32_out = f32.apply_fn({"params": f32.params}, ratings, train=False)
     np.testing.assert_allclose(out, f32_out, atol=0.02)  # bf16 rounding, not another model
+    assert float(jnp.abs(out - f32_out).max()) > 0  # ... but really bf16
     step = make_train_step(config)
     new, metrics = step(state, {"ratings": ratings}, jax.random.key(1))
     assert metrics["loss"].dtype == jnp.float32
