@@ -78,6 +78,8 @@ def save(run_dir: str | Path, epoch: int, state: PyTree, loop: dict, *, keep: in
     root = Path(run_dir) / "checkpoints"
     folder = _write_folder(root / str(int(epoch)), "state", state,
                            {"loop.json": json.dumps(loop, sort_keys=True)})
+    if not _primary():
+        return folder
     epochs = _complete_epochs(root)
     kept = set([e for e in epochs if e <= epoch][-keep:]) | {best_epoch}
     for old in epochs:
@@ -204,10 +206,17 @@ def load_run(run_dir: str | Path) -> Run:
 
 def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -> Path:
     """Orbax tree under final/name plus text files, manifest last, renamed into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _recover(final.parent, final.name)
+    if _primary():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _recover(final.parent, final.name)
+    _barrier(f"save {final}")
     partial = final.parent / f"{_PARTIAL}{final.name}"
+    # Several processes: every one calls this (Orbax saves collectively, and writes each
+    # replicated value once, from process 0); only process 0 touches the files around it.
     ocp.save((partial / name).absolute(), tree)  # Orbax refuses relative paths
+    if not _primary():
+        _barrier(f"saved {final}")
+        return final
     for filename, text in texts.items():
         (partial / filename).write_text(text)
     # fsync everything before the rename, so that even a power cut cannot publish a folder
@@ -223,7 +232,18 @@ def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -
     os.rename(partial, final)
     _fsync_dir(final.parent)
     shutil.rmtree(final.parent / f"{_REPLACED}{final.name}", ignore_errors=True)
+    _barrier(f"saved {final}")
     return final
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def _recover(parent: Path, name: str | None = None) -> None:

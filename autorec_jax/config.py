@@ -23,6 +23,7 @@ DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
 SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "ml100k-u2",
           "ml100k-u3", "ml100k-u4", "ml100k-u5", "ml100k-ua", "ml100k-ub")
 RATINGS_FORMATS = ("auto", "delimited", "netflix")
@@ -32,7 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
-PARALLEL_MODES = ("auto", "jit", "pmap")
+PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
@@ -130,6 +131,9 @@ class ModelConfig:
                                        # the book's numbers on any device), "high", "default"
                                        # (fastest: one bf16 pass on TPU, TF32 on recent GPUs);
                                        # the CPU ignores it
+    compute_dtype: str = "float32"     # dtype of the layers' matmuls and activations:
+                                       # "float32" or "bfloat16" (params, optimiser state,
+                                       # accumulation and the loss stay float32)
 
     def __post_init__(self):
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
@@ -143,6 +147,7 @@ class ModelConfig:
                self.init_std)
         _check_choice(self.dropout_rng, "model.dropout_rng", DROPOUT_RNGS)
         _check_choice(self.matmul_precision, "model.matmul_precision", MATMUL_PRECISIONS)
+        _check_choice(self.compute_dtype, "model.compute_dtype", COMPUTE_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +186,9 @@ class TrainConfig:
                                      # carried into the next epoch), "pad", or "drop"
     loss: str = "book"               # "book": 0.5 * mean over all entries of the batch;
                                      # "observed": mean over observed entries; "sum": plain SSE
-    parallel: str = "auto"           # "jit" (one device), "pmap" (all local devices), "auto"
+    parallel: str = "auto"           # "jit" (one device), "pmap" (all local devices),
+                                     # "sharded" (jit + shard_map over a data x model mesh
+                                     # of all devices), "auto": sharded if >1 device, else jit
     eval_batch_size: int = 1024      # rows per evaluation block
     eval_every: int = 1              # evaluate every this many epochs (and after the last)
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
@@ -196,6 +203,8 @@ class TrainConfig:
                                      # the rating range; 0: never
     allow_cpu: bool = False          # train on the CPU even when a TPU or GPU is visible but
                                      # JAX did not start it (else the run stops naming the fix)
+    model_parallel: int = 1          # "sharded": devices on the mesh's model axis, which
+                                     # splits the row width N (V, W, b, optimiser state)
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
@@ -221,6 +230,8 @@ class TrainConfig:
                "train.divergence_factor", "0 (off) or > 1", self.divergence_factor)
         _check(isinstance(self.allow_cpu, bool), "train.allow_cpu", "true or false",
                self.allow_cpu)
+        _check(_is_int(self.model_parallel) and self.model_parallel >= 1,
+               "train.model_parallel", "an integer >= 1", self.model_parallel)
 
 
 @dataclasses.dataclass(frozen=True)

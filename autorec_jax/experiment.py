@@ -20,10 +20,10 @@ from autorec_jax import checkpoint, policies, preflight, reporting, run_folder, 
 from autorec_jax.config import Config, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
-from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
+from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import EvalData, eval_blocks, summarize
 from autorec_jax.losses import LossFn
-from autorec_jax.parallel import CompiledOnFirstUse, Parallel
+from autorec_jax.parallel import CompiledOnFirstUse, Parallel, fetch, is_primary
 from autorec_jax.rows import DeviceRows, to_device_rows
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
@@ -92,7 +92,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     heldout_rows = {"test": row_matrix(test, orientation)}
     if len(valid):
         heldout_rows["valid"] = row_matrix(valid, orientation)
-    parallel = Parallel.create(config.train.parallel)
+    parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
     preflight.check_memory(config, train_rows.num_rows, train_rows.num_cols,
                            available_bytes=_device_memory(), num_ratings=len(train))
     batch_size = config.train.batch_size
@@ -100,7 +100,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
                                      config.train.last_batch)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = parallel.replicate(create_train_state(config, train_rows.num_cols, init_rng,
-                                                  optimizer=optimizer))
+                                                  optimizer=optimizer),
+                               row_width=train_rows.num_cols)
     order = csr_order(train, orientation)
     fields = {name: np.asarray(fn(train), np.float32)[order]
               for name, fn in (entry_fields or {}).items()}
@@ -144,7 +145,7 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
     state, metrics = experiment.train_epoch_fn(
         state, experiment.train_data, experiment.parallel.shard(batches_SxB),
         experiment.step_rng)
-    return state, jax.device_get(metrics)
+    return state, fetch(metrics)
 
 
 def evaluate(experiment: Experiment, params: PyTree, names=None
@@ -155,8 +156,7 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
     sit anywhere (`load_run` gives them on one device): they are replicated first.
     """
     params = experiment.parallel.replicate(params)
-    return {name: summarize(jax.device_get(experiment.eval_fn(params, data,
-                                                              experiment.eval_index)))
+    return {name: summarize(fetch(experiment.eval_fn(params, data, experiment.eval_index)))
             for name, data in experiment.heldout.items() if names is None or name in names}
 
 
@@ -211,8 +211,15 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
       TrainingInterrupted: `stop_requested()` said so.
       CheckpointError: `resume` with another config, other data or a damaged checkpoint.
     """
-    run_dir = None if out_dir is None else run_folder.claim(
+    if resume and jax.process_count() > 1:
+        raise ConfigError("--resume is not supported in a multi-process run yet; resume "
+                          "it in one process (same --out)")
+    # Only process 0 writes files (metrics, the summary); every process joins the
+    # collective saves of checkpoints and the model into `save_dir`, which process 0 writes.
+    run_dir = None if out_dir is None or not is_primary() else run_folder.claim(
         out_dir, resume=resume, overwrite=overwrite)
+    save_dir = run_dir if run_dir is not None or out_dir is None else Path(
+        out_dir).expanduser()
     log.debug("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)
@@ -280,10 +287,11 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         loop.update(epoch=epoch, shuffle_state=shuffle.bit_generator.state,
                     carry=carry.tolist())
         interrupted = stop_requested is not None and stop_requested()
-        if run_dir is not None and (stop or interrupted or epoch == config.train.epochs
-                                    or cadence.due(epoch, config.train.checkpoint_every)):
+        if save_dir is not None and _agreed(
+                stop or interrupted or epoch == config.train.epochs
+                or cadence.due(epoch, config.train.checkpoint_every)):
             start = time.perf_counter()
-            checkpoint.save(run_dir, epoch, _checkpoint_tree(state, best_params), loop,
+            checkpoint.save(save_dir, epoch, _checkpoint_tree(state, best_params), loop,
                             keep=config.train.keep_checkpoints,
                             best_epoch=loop["best"]["epoch"] if loop["best"] else None)
             cadence.record(start, time.perf_counter())
@@ -299,7 +307,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     if bar is not None:
         bar.close()
     loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + cadence.total_seconds
-    return _finish(run_dir, experiment, state, best_params, loop, history, scores,
+    return _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
                    optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
                    entry_fields=entry_fields)
 
@@ -353,7 +361,8 @@ def _report(bar, record) -> None:
              record["train_loss"], held, record["train_seconds"], rate)
 
 
-def _finish(run_dir, experiment, state, best_params, loop, history, scores, **seams):
+def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
+            **seams):
     """Scores the chosen params on every held-out set, saves the model and the summary."""
     config = experiment.config
     params = best_params if best_params is not None else state.params
@@ -388,10 +397,11 @@ def _finish(run_dir, experiment, state, best_params, loop, history, scores, **se
                  "rows": experiment.num_rows, "row_width": experiment.row_width},
         **reporting.environment(),
     }
-    if run_dir is not None:
+    if save_dir is not None:
         start = time.perf_counter()
-        checkpoint.save_params(run_dir / "model", params)
+        checkpoint.save_params(save_dir / "model", params)
         summary["checkpoint_seconds"] += time.perf_counter() - start
+    if run_dir is not None:
         reporting.write_json(run_dir / "summary.json", summary)
     log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings; %.2f s training, "
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
@@ -399,6 +409,14 @@ def _finish(run_dir, experiment, state, best_params, loop, history, scores, **se
              experiment.compile_seconds)
     return TrainResult(state=state, history=history, summary=summary,
                        experiment=experiment)
+
+
+def _agreed(decision: bool) -> bool:
+    """Process 0's decision, on every process (a save is collective; clocks differ)."""
+    if jax.process_count() == 1:
+        return decision
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
 
 def _describe(seam) -> str:

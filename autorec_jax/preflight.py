@@ -14,6 +14,10 @@ from autorec_jax.errors import ConfigError
 
 GIB = 2**30
 FLOAT_BYTES = 4  # float32 parameters, optimizer state and activations
+# Host and device bytes per loaded rating at the peak of setup: the ratings (ids, rating) and
+# their train/valid/test copies, the CSR training rows on the host and on the device, and
+# the evaluation's copy of them (measured on a 100M-rating Netflix-shaped set: README).
+BYTES_PER_RATING = 64
 MEMINFO = "/proc/meminfo"
 
 
@@ -80,10 +84,12 @@ def estimate_memory_bytes(config, num_rows: int, row_width: int, num_ratings: in
                                   masks [B, S]
       eval   = E * (3 N + S)      an evaluation block's inputs, targets and outputs [E, N],
                                   and its activations [E, S]
-      bytes  = 4 * (state + train + eval) + 32 * num_ratings
+      bytes  = 4 * (state / M + train + eval) + BYTES_PER_RATING * num_ratings
 
-    32 bytes per rating covers the host copy (ids, rating, timestamp) and the CSR rows on
-    host and device. Compiler scratch is not counted; under pmap every device holds a copy.
+    M is `train.model_parallel` (a sharded run splits the N-sized state over it).
+    BYTES_PER_RATING covers the ratings on the host (with their split copies) and the CSR
+    rows on host and device. Compiler scratch is not counted; under pmap every device holds
+    a copy.
 
     Args:
       config: a `Config`.
@@ -101,7 +107,9 @@ def estimate_memory_bytes(config, num_rows: int, row_width: int, num_ratings: in
     train = batch * (4 * row_width + 3 * sum(hidden))
     block = min(config.train.eval_batch_size, num_rows)
     evaluation = block * (3 * row_width + sum(hidden))
-    return FLOAT_BYTES * (state + train + evaluation) + 32 * num_ratings
+    model = getattr(config.train, "model_parallel", 1)
+    return (FLOAT_BYTES * (state // model + train + evaluation)
+            + BYTES_PER_RATING * num_ratings)
 
 
 def available_memory_bytes(meminfo: str | os.PathLike | None = None) -> int | None:
@@ -139,8 +147,9 @@ def check_memory(config, num_rows: int, row_width: int, available_bytes: int | N
         hidden = ",".join(str(h) for h in config.model.hidden)
         raise ConfigError(f"hidden {hidden} with batch size {config.train.batch_size} on "
                           f"{num_rows} rows x {row_width} needs about {need / GIB:.1f} GiB, "
-                          f"{available_bytes / GIB:.1f} GiB available; lower --hidden or "
-                          "--batch-size")
+                          f"{available_bytes / GIB:.1f} GiB available; lower --hidden, "
+                          "--batch-size or --eval-batch-size, or shard the model "
+                          "(--parallel sharded --model-parallel M)")
     return need
 
 

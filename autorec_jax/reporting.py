@@ -31,7 +31,8 @@ def environment() -> dict:
             versions[name] = None
     device = jax.local_devices()[0]
     return {"device_kind": device.device_kind, "platform": device.platform,
-            "device_count": jax.local_device_count(), "versions": versions}
+            "device_count": jax.local_device_count(), "process_index": jax.process_index(),
+            "process_count": jax.process_count(), "versions": versions}
 
 
 def write_json(path: Path, obj) -> None:

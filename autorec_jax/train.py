@@ -234,12 +234,13 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
 
     Returns `step_fn(state, batch, rng) -> (state, metrics)`: `batch` holds "ratings" float32
     [B, N] and optionally "mask", "row_mask", "weights" and other [B, ...] fields (see
-    `compute_grads`); under pmap the function splits its rows over the devices itself
-    (padding with no-op rows), so the loop never branches on the mode. Place the state once
-    with `Parallel.create(mode).replicate(state)`. With `donate`, the old state is deleted by
-    each call: never reuse it.
+    `compute_grads`); under pmap or sharded the function splits its rows over the devices
+    itself (padding with no-op rows), so the loop never branches on the mode. Place the
+    state once with `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width;
+    with a model axis it splits the N-sized axes). With `donate`, the old state is deleted
+    by each call: never reuse it.
     """
-    parallel = Parallel.create(parallel)
+    parallel = Parallel.create(parallel, config.train.model_parallel)
     compiled = parallel.compile(
         functools.partial(train_step, config=config, loss_fn=loss_fn,
                           grad_transform=grad_transform),

@@ -18,12 +18,20 @@ Measures (each repeated, reported as median [min, max]):
   --compare-with DIR  runs DIR's scripts/benchmark.py (another checkout, e.g. a
              `git worktree` of an older commit) and this one alternately in subprocesses, and
              reports this/that ratios of epoch time and entries/s
+  --scale    a table of epoch time, entries/s and peak memory for ML-100K, ML-20M-shaped and
+             Netflix-shaped data (scripts/make_synthetic.py; --synthetic-dir), per parallel
+             mode, dtype and orientation; each cell runs in its own process (its peak RSS,
+             or the accelerator's peak bytes). ML-100K: steady-state epochs, repeated; the
+             large shapes: one epoch and one evaluation each.
+  --precision  float32 vs bfloat16 at the book's step shape: the whole epoch and its pieces
+             (the step's matmuls alone, parameter casts, Adam), each repeated
 Take timings while nothing else runs on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -156,6 +164,186 @@ def main_job_wall(repeats: int) -> dict:
     return {"command": " ".join(cmd[1:]), "wall_seconds": spread(walls)}
 
 
+SCALE_SHAPES = ("ml-100k", "ml-20m", "netflix")
+
+
+def scale_cell(cell: dict) -> dict:
+    """One cell of the --scale table, in this process: {"epoch_seconds", ...}."""
+    import resource
+    from autorec_jax.experiment import train_and_evaluate
+    from autorec_jax import preflight
+    start = time.perf_counter()
+    if cell["shape"] == "ml-100k":
+        from autorec_jax.data import movielens
+        ratings = movielens.load("ml-100k")
+    else:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from make_synthetic import load_npz
+        ratings = load_npz(Path(cell["synthetic_dir"]) / f"{cell['shape']}.npz")
+    load_seconds = time.perf_counter() - start
+    config = config_lib.replace(
+        config_lib.d2l(), parallel=cell["mode"], compute_dtype=cell["dtype"],
+        orientation=cell["orientation"], model_parallel=cell.get("model", 1))
+    out = {**cell, "load_seconds": load_seconds}
+    if cell["shape"] == "ml-100k":
+        timing = epoch_timing(config, ratings, cell["repeats"], 5)
+        experiment = timing["experiment"]
+        out.update(epoch_seconds=timing["epoch_seconds"], entries_per_sec=timing[
+            "entries_per_sec"], eval_seconds=timing["eval_seconds"])
+    else:
+        config = config_lib.replace(config, epochs=1, eval_batch_size=256)
+        del_ratings = ratings
+        result = train_and_evaluate(config, ratings=del_ratings)
+        del del_ratings, ratings
+        experiment = result.experiment
+        record = result.history[-1]
+        out.update(epoch_seconds=spread([record["train_seconds"]]),
+                   entries_per_sec=spread([record["entries_per_sec"]]),
+                   eval_seconds=spread([record["eval_seconds"]]),
+                   test_rmse=record["test_rmse"], compile_seconds=experiment.compile_seconds)
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {} if device.platform != "cpu" else {}
+    out.update(rows=experiment.num_rows, row_width=experiment.row_width,
+               train_ratings=len(experiment.train),
+               peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               device_peak_bytes=stats.get("peak_bytes_in_use"),
+               estimate_bytes=preflight.estimate_memory_bytes(
+                   config, experiment.num_rows, experiment.row_width, len(experiment.train)),
+               platform=device.platform, device_kind=device.device_kind,
+               num_devices=experiment.parallel.num_devices)
+    return out
+
+
+def scale_table(args) -> list[dict]:
+    """Every requested cell in a fresh process; a failed cell is recorded, not fatal."""
+    cells = []
+    for shape in args.scale_shapes.split(","):
+        for orientation in args.orientations.split(","):
+            for mode in args.modes.split(","):
+                for dtype in args.dtypes.split(","):
+                    cells.append(dict(shape=shape, orientation=orientation, mode=mode,
+                                      dtype=dtype, repeats=args.repeats,
+                                      synthetic_dir=args.synthetic_dir))
+    results = []
+    for cell in cells:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "cell.json"
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                                   "--scale-cell", json.dumps(cell), "--json", str(out)],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                results.append(json.loads(out.read_text()))
+            else:
+                tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+                results.append({**cell, "error": tail[:300]})
+        print(scale_row(results[-1]), flush=True)
+    return results
+
+
+def scale_row(r: dict) -> str:
+    name = f"{r['shape']:<8} {r['orientation'][0].upper()}-AutoRec {r['mode']:<8} {r['dtype']:<9}"
+    if "error" in r:
+        return f"{name} failed: {r['error']}"
+    return (f"{name} epoch {fmt(r['epoch_seconds'], 1, 3)} s  entries/s "
+            f"{fmt(r['entries_per_sec'], 1e-6, 1)} M  eval {r['eval_seconds']['median']:.2f} s"
+            f"  peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
+            + (f"  device peak {r['device_peak_bytes'] / 2**30:.2f} GiB"
+               if r.get("device_peak_bytes") else "")
+            + f"  (estimate {r['estimate_bytes'] / 2**30:.2f} GiB)")
+
+
+def interleaved_epochs(configs: dict, ratings, repeats: int, epochs: int = 5) -> dict:
+    """Steady-state epochs of several configs in turn (repeat by repeat), so that drift in
+    the machine's load hits them alike: {name: {"step_seconds", "entries_per_sec"}}."""
+    runs = {}
+    for name, config in configs.items():
+        experiment, state = setup(config, ratings)
+        runs[name] = [experiment, state, np.random.default_rng(0), np.zeros(0, np.int32)]
+
+    def epoch(name):
+        experiment, state, shuffle, carry = runs[name]
+        batches, carry = batching.epoch_batches(
+            shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
+            experiment.config.train.batch_size, experiment.config.train.last_batch)
+        state, _ = run_epoch(experiment, state, batches)
+        runs[name][1:] = [state, shuffle, carry]
+        return len(batches), int(np.sum(batches >= 0)) * experiment.row_width
+
+    for name in runs:  # warm-up and compile
+        epoch(name)
+    out = {name: {"step": [], "rate": []} for name in runs}
+    for _ in range(repeats):
+        for name in runs:
+            start, steps, entries = time.perf_counter(), 0, 0
+            for _ in range(epochs):
+                s, e = epoch(name)
+                steps, entries = steps + s, entries + e
+            seconds = time.perf_counter() - start
+            out[name]["step"].append(seconds / steps)
+            out[name]["rate"].append(entries / seconds)
+    return {name: {"step_seconds": spread(v["step"]), "entries_per_sec": spread(v["rate"])}
+            for name, v in out.items()}
+
+
+def precision_breakdown(repeats: int) -> dict:
+    """float32 vs bfloat16 at the book's step shape (256 x 943 x 500): the whole epoch and
+    its pieces, in this process, each as median [min, max] of `repeats`."""
+    import optax
+    from autorec_jax.data import movielens
+    ratings = movielens.load("ml-100k")
+    config = config_lib.replace(config_lib.d2l(), parallel="jit")
+    epochs = interleaved_epochs({dtype: config_lib.replace(config, compute_dtype=dtype)
+                                 for dtype in ("float32", "bfloat16")}, ratings, repeats)
+    b, n, h = config.train.batch_size, 943, 500
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jnp.where(jax.random.uniform(keys[0], (b, n)) < 0.06, 3.0, 0.0)
+    v = jax.random.normal(keys[1], (n, h)) * 0.01
+    w = jax.random.normal(keys[2], (h, n)) * 0.01
+    d = jax.random.normal(keys[3], (b, n))
+
+    def matmuls(x, v, w, d, acc=None):  # the step's four big ones (H-sized ones aside)
+        def mm(a, b):
+            return jnp.matmul(a, b, preferred_element_type=acc)
+        hid = mm(x, v)
+        dh = mm(d, w.T)
+        return mm(hid.astype(x.dtype), w), dh, mm(hid.astype(x.dtype).T, d), mm(
+            x.T, dh.astype(x.dtype))
+
+    def per_call(fn, *a, calls=20):
+        jax.block_until_ready(fn(*a))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = fn(*a)
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - start) / calls)
+        return spread(times)
+
+    pieces = {}
+    for dtype, acc, name in ((jnp.float32, None, "float32"), (jnp.bfloat16, None, "bfloat16"),
+                             (jnp.bfloat16, jnp.float32, "bfloat16_f32_products")):
+        mm = jax.jit(functools.partial(matmuls, acc=acc))
+        pieces[f"matmuls_{name}"] = per_call(mm, *(a.astype(dtype) for a in (x, v, w, d)))
+    pieces["casts_params_and_grads"] = per_call(jax.jit(lambda v, w: (
+        v.astype(jnp.bfloat16).astype(jnp.float32), w.astype(jnp.bfloat16).astype(
+            jnp.float32))), v, w)
+    pieces["casts_batch_BxN"] = per_call(jax.jit(lambda x, d: (
+        x.astype(jnp.bfloat16), d.astype(jnp.bfloat16).astype(jnp.float32))), x, d)
+    opt = optax.adam(1e-3)
+    params = {"v": v, "w": w, "b": jnp.zeros(n), "mu": jnp.zeros(h)}
+
+    def adam(p, s, g):
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+    pieces["adam_update"] = per_call(jax.jit(adam), params, opt.init(params), params)
+    steps = {k: e["step_seconds"] for k, e in epochs.items()}
+    ratios = [a / b for a, b in zip(steps["float32"]["runs"], steps["bfloat16"]["runs"])]
+    return {"step_seconds": steps, "bf16_speedup": spread(ratios),
+            "entries_per_sec": {k: e["entries_per_sec"] for k, e in epochs.items()},
+            "pieces_seconds": pieces}
+
+
 def fmt(s: dict, scale: float = 1.0, digits: int = 2) -> str:
     return (f"{s['median'] * scale:.{digits}f} "
             f"[{s['min'] * scale:.{digits}f}, {s['max'] * scale:.{digits}f}]")
@@ -171,7 +359,38 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-checkpoints", action="store_true")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="another checkout whose benchmark runs alternately with this one")
+    parser.add_argument("--scale", action="store_true", help="the scale-out table")
+    parser.add_argument("--scale-shapes", default=",".join(SCALE_SHAPES))
+    parser.add_argument("--orientations", default="item,user")
+    parser.add_argument("--modes", default="jit")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--synthetic-dir", default="/tmp/scale",
+                        help="where make_synthetic.py wrote ml-20m.npz and netflix.npz")
+    parser.add_argument("--scale-cell", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", action="store_true",
+                        help="float32 vs bfloat16 step and its pieces")
     args = parser.parse_args(argv)
+    if args.scale_cell is not None:
+        reporting.write_json(Path(args.json), scale_cell(json.loads(args.scale_cell)))
+        return 0
+    if args.scale or args.precision:
+        results = {"environment": reporting.environment()}
+        if args.precision:
+            p = results["precision"] = precision_breakdown(args.repeats)
+            print(f"median [min, max] over {args.repeats} repeats, same process")
+            for dtype, s in p["step_seconds"].items():
+                print(f"step {dtype:<9} {fmt(s, 1e3, 3)} ms   entries/s "
+                      f"{fmt(p['entries_per_sec'][dtype], 1e-6, 1)} M")
+            print(f"bf16 speed-up (f32 step / bf16 step) {fmt(p['bf16_speedup'], 1, 3)}")
+            for name, s in p["pieces_seconds"].items():
+                print(f"  {name:<28} {fmt(s, 1e3, 3)} ms")
+        if args.scale:
+            results["scale"] = scale_table(args)
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        reporting.write_json(out, results)
+        print(f"wrote {out}")
+        return 0
     if args.compare_with is not None:
         result = compare_with(args.compare_with.resolve(), args.repeats)
         print(f"this / {result['other']} over {args.repeats} alternating runs: epoch time "

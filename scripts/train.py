@@ -5,6 +5,10 @@
   python scripts/train.py --seed 3 --out runs/s3 # another split/seed, with a run folder
   python scripts/train.py --out runs/s3 --resume # continue it after a kill or Ctrl-C
   python scripts/train.py --preset tiny --epochs 5 --hidden 64 --parallel pmap
+  python scripts/train.py --parallel sharded --model-parallel 2     # data x model mesh
+  # two processes (hosts), process 0 writes --out:
+  python scripts/train.py --coordinator-address host0:1234 --num-processes 2 --process-id 0
+  python scripts/train.py --coordinator-address host0:1234 --num-processes 2 --process-id 1
 
 A thin CLI over autorec_jax.train_and_evaluate. Every config field is a flag; a bad flag or
 value exits with status 2 and a message naming the field; bad data or a failed run exits 1
@@ -29,6 +33,13 @@ EXTRA = {
                      help="continue the run in --out from its latest checkpoint"),
     "--overwrite": dict(action="store_true",
                         help="replace a previous run in --out (its run files only)"),
+    "--coordinator-address": dict(default=None, metavar="HOST:PORT",
+                                  help="multi-process run: process 0's address (env "
+                                       "AUTOREC_COORDINATOR; 'auto' on Slurm/TPU pods)"),
+    "--num-processes": dict(type=int, default=None,
+                            help="multi-process run: how many (env AUTOREC_NUM_PROCESSES)"),
+    "--process-id": dict(type=int, default=None,
+                         help="multi-process run: this one's index (env AUTOREC_PROCESS_ID)"),
 }
 
 
@@ -55,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
 
     from autorec_jax.experiment import train_and_evaluate  # imports JAX's backends lazily
+    from autorec_jax.parallel import initialize_distributed
 
     try:
+        # Before any device is touched; nothing happens without a coordinator address.
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
         result = train_and_evaluate(
             config, args.out, resume=args.resume, overwrite=args.overwrite,
             progress=sys.stdout.isatty() and not args.quiet,
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AutoRecError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    if args.quiet:
+    if args.quiet and result.summary.get("process_index", 0) == 0:
         print(f"test RMSE {result.summary['test_rmse']:.4f}")
     return 0
 

@@ -126,3 +126,25 @@ def test_hash_dropout_bits_have_no_structure_between_neighbours():
     counts = np.bincount((np.arange(drops.size) % 64)[drops.ravel()], minlength=64)
     expected = drops.sum() / 64  # drops spread evenly over positions mod 64 (chi-square)
     assert np.sum((counts - expected) ** 2 / expected) < 120  # 63 dof: p ~ 1e-5
+
+
+def test_bfloat16_compute_keeps_float32_params_outputs_and_loss():
+    from autorec_jax import config as config_lib
+    from autorec_jax.train import create_train_state, make_train_step
+    config = config_lib.replace(config_lib.tiny(), compute_dtype="bfloat16", parallel="jit")
+    ratings = jnp.asarray(np.random.default_rng(0).integers(0, 6, (8, 12)), jnp.float32)
+    state = create_train_state(config, 12, jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    out = state.apply_fn({"params": state.params}, ratings, train=False)
+    assert out.dtype == jnp.float32
+    f32 = create_train_state(config_lib.replace(config, compute_dtype="float32"), 12,
+                             jax.random.key(0))
+    f32_out = f32.apply_fn({"params": f32.params}, ratings, train=False)
+    np.testing.assert_allclose(out, f32_out, atol=0.02)  # bf16 rounding, not another model
+    assert float(jnp.abs(out - f32_out).max()) > 0  # ... but really bf16
+    step = make_train_step(config)
+    new, metrics = step(state, {"ratings": ratings}, jax.random.key(1))
+    assert metrics["loss"].dtype == jnp.float32
+    floats = [x for x in jax.tree.leaves((new.params, new.opt_state))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)

@@ -65,3 +65,18 @@ def test_missing_path_and_empty_folder(tmp_path):
         read_netflix(tmp_path / "nope")
     with pytest.raises(DataError, match="no mv_"):
         read_netflix(tmp_path)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 30, 1 << 20])
+def test_chunked_reading_gives_the_same_ratings_and_lines(tmp_path, chunk_bytes):
+    """Chunks cut inside movies (and inside lines) change nothing; errors keep their line."""
+    path = tmp_path / "combined.txt"
+    path.write_text(MOVIE_1 + MOVIE_7 + "\n8:\n5,1,2000-02-29\n")
+    whole, chunked = read_netflix(path), read_netflix(path, chunk_bytes=chunk_bytes)
+    for name in ("users", "items", "ratings", "timestamps", "user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    assert len(whole) == 5
+    path.write_text(MOVIE_1 + MOVIE_7 + "\n8:\n5,1,2001-02-29\n")
+    with pytest.raises(DataError, match="not a YYYY-MM-DD date") as info:
+        read_netflix(path, chunk_bytes=chunk_bytes)
+    assert info.value.line == 8

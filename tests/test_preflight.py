@@ -74,7 +74,7 @@ def test_memory_estimate_matches_a_hand_computation():
     state = params * 4                              # params, grads, Adam's two moments
     train = 4 * (4 * 7 + 3 * 10)                    # [B, N] x 4 and [B, H] x 3
     evaluation = 3 * (3 * 7 + 10)                   # E = min(3, 5) rows
-    expected = 4 * (state + train + evaluation) + 32 * 11
+    expected = 4 * (state + train + evaluation) + preflight.BYTES_PER_RATING * 11
     assert preflight.estimate_memory_bytes(config, 5, 7, num_ratings=11) == expected
     sgd = config_lib.replace(config, optimizer="sgd")
     assert preflight.estimate_memory_bytes(sgd, 5, 7) == 4 * (params * 2 + train + evaluation)
@@ -90,7 +90,7 @@ def test_huge_hidden_layer_is_refused_and_the_books_config_accepted():
         preflight.check_memory(huge, ML100K_ROWS, ML100K_WIDTH, available_bytes=laptop)
     message = str(info.value)
     assert "needs about" in message and "16.0 GiB available" in message
-    assert message.endswith("lower --hidden or --batch-size") and "\n" not in message
+    assert message.endswith("(--parallel sharded --model-parallel M)") and "\n" not in message
 
 
 def test_memory_check_reads_meminfo_and_skips_when_unknown(tmp_path, monkeypatch):
