@@ -53,7 +53,7 @@ def test_notebook_runs_end_to_end_on_8_cpu_devices():
                      for cell in nb.cells if cell.cell_type == "code"
                      for output in cell.outputs)
     assert "CI: autorec_jax from" in text and "installing nothing" in text
-    assert "pmap on 8 cpu device(s)" in text
+    assert "sharded on 8 cpu device(s)" in text  # auto: every local device
     assert "restored" in text and "Image" in text  # the curves were shown
 
 
