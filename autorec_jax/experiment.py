@@ -24,7 +24,7 @@ from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInter
 from autorec_jax.evaluator import EvalData, eval_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.parallel import CompiledOnFirstUse, Parallel, fetch, is_primary
-from autorec_jax.rows import DeviceRows, to_device_rows
+from autorec_jax.rows import DeviceRows, take_rows, to_device_rows
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,15 @@ class Experiment:
     steps: list[int]               # steps of each epoch, in order
     row_width: int                 # N
     num_rows: int                  # rows of the training matrix
-    train_data: DeviceRows
+    train_data: DeviceRows | None  # None when each device takes its share per epoch
     heldout: dict                  # name -> EvalData on the device
     eval_index: np.ndarray
     step_rng: jax.Array
     shuffle_seed: np.ndarray
     train_epoch_fn: CompiledOnFirstUse
     eval_fn: CompiledOnFirstUse
+    train_rows: Any = None         # host rows, when each device takes its share per epoch
+    train_fields: dict = dataclasses.field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
@@ -105,14 +107,35 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     order = csr_order(train, orientation)
     fields = {name: np.asarray(fn(train), np.float32)[order]
               for name, fn in (entry_fields or {}).items()}
-    train_data = parallel.replicate(to_device_rows(train_rows, fields=fields))
-    # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
-    pad_to = max(rows.nnz for rows in heldout_rows.values())
-    heldout = {name: parallel.replicate(EvalData(to_device_rows(train_rows),
-                                                 to_device_rows(rows, pad_to)))
-               for name, rows in heldout_rows.items()}
     eval_index = parallel.shard(batching.blocks(train_rows.num_rows,
                                                 config.train.eval_batch_size))
+    shares = parallel.shares_rows
+    if shares:
+        # Each device holds only its rows: its evaluation blocks' here, and each epoch's
+        # batches' in `run_epoch` (a process builds its own devices' shares only).
+        train_data = None
+        block_rows = eval_index[0].size
+        in_size = batching.max_nnz(train_rows.row_lengths, block_rows)
+        target_size = max(batching.max_nnz(rows.row_lengths, block_rows)
+                          for rows in heldout_rows.values())
+
+        def eval_share(rows):
+            def build(d):
+                inputs, local = take_rows(train_rows, eval_index[d], in_size)
+                return EvalData(inputs, take_rows(rows, eval_index[d], target_size)[0]), local
+            return parallel.put_shares(build)
+
+        shared = {name: eval_share(rows) for name, rows in heldout_rows.items()}
+        heldout = {name: data for name, (data, _) in shared.items()}
+        eval_index = shared["test"][1]
+    else:
+        train_data = parallel.replicate(to_device_rows(train_rows, fields=fields))
+        # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
+        pad_to = max(rows.nnz for rows in heldout_rows.values())
+        heldout = {name: parallel.replicate(EvalData(to_device_rows(train_rows),
+                                                     to_device_rows(rows, pad_to)))
+                   for name, rows in heldout_rows.items()}
+    data_axis = 0 if shares else None
 
     repeats = 2 if config.train.last_batch == "rollover" else 1
     train_epoch_fn = parallel.compile(
@@ -120,7 +143,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
                           grad_transform=grad_transform, max_nnz=batching.max_nnz(
                               train_rows.row_lengths, parallel.rows_per_device(batch_size),
                               repeats)),
-        in_axes=(None, None, 0, None), donate_argnums=(0,))
+        in_axes=(None, data_axis, 0, None), donate_argnums=(0,))
     eval_rows = eval_index.shape[-1]
     eval_fn = parallel.compile(
         functools.partial(
@@ -129,22 +152,28 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
             max_nnz_targets=max(batching.max_nnz(rows.row_lengths, eval_rows)
                                 for rows in heldout_rows.values()),
             clip_range=_rating_range(train) if config.train.clip_predictions else None),
-        in_axes=(None, None, 0))
+        in_axes=(None, data_axis, 0))
     experiment = Experiment(
         config=config, parallel=parallel, train=train, valid=valid, test=test, steps=steps,
         row_width=train_rows.num_cols, num_rows=train_rows.num_rows, train_data=train_data,
         heldout=heldout, eval_index=eval_index, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
-        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn)
+        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn,
+        train_rows=train_rows if shares else None, train_fields=fields if shares else {})
     return experiment, state
 
 
 def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
               ) -> tuple[TrainState, dict]:
     """One compiled epoch over host-planned batches; returns metrics on the host."""
-    state, metrics = experiment.train_epoch_fn(
-        state, experiment.train_data, experiment.parallel.shard(batches_SxB),
-        experiment.step_rng)
+    parallel = experiment.parallel
+    data, index = experiment.train_data, parallel.shard(batches_SxB)
+    if parallel.shares_rows:
+        # This epoch's rows of each device, in batch order (rows may repeat: rollover).
+        size = batching.max_nnz(experiment.train_rows.row_lengths, index[0].size, 2)
+        data, index = parallel.put_shares(lambda d: take_rows(
+            experiment.train_rows, index[d], size, experiment.train_fields))
+    state, metrics = experiment.train_epoch_fn(state, data, index, experiment.step_rng)
     return state, fetch(metrics)
 
 

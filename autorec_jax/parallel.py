@@ -33,7 +33,9 @@ Modes:
              a committed array, so an indivisible N is refused with the divisors that work.
            In several processes (`initialize_distributed`) the mesh spans every process's
            devices; each process builds its own devices' shards of a sharded argument from
-           the host array (`jax.make_array_from_callback`), so the loop is unchanged.
+           the host array (`jax.make_array_from_callback`), so the loop is unchanged, and
+           `put_shares` places per-device data (each device's rows, `shares_rows`) built
+           only for this process's devices.
   auto     sharded when more than one device is visible (the ecosystem's path, and faster
            than pmap on fake CPU devices), jit otherwise.
 """
@@ -220,6 +222,33 @@ class Parallel:
             return jax.tree.map(lambda x: x[:num_rows], tree)
         return jax.tree.map(lambda x: to_host(x).reshape((-1,) + x.shape[2:])[:num_rows],
                             tree)
+
+    @property
+    def shares_rows(self) -> bool:
+        """Whether each device holds only the rows it works on (sharded), not all of them."""
+        return self.mode == "sharded"
+
+    def put_shares(self, build: Callable[[int], PyTree]) -> PyTree:
+        """A pytree whose leaves are [D, ...], entry d from `build(d)` (NumPy, one shape for
+        every d), split over the data axis; `build` runs only for this process's devices.
+        """
+        index_of = {device: d for (d, _), device in np.ndenumerate(self.mesh.devices)}
+        sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        built: dict = {}
+        per_device = []
+        for device in sharding.addressable_devices:
+            d = index_of[device]
+            if d not in built:
+                built[d] = build(d)
+            per_device.append((device, built[d]))
+        leaves = [jax.tree.leaves(tree) for _, tree in per_device]
+        treedef = jax.tree.structure(per_device[0][1])
+        arrays = [jax.make_array_from_single_device_arrays(
+            (self.data_size,) + np.shape(leaf), sharding,
+            [jax.device_put(np.asarray(tree_leaves[i])[None], device)
+             for (device, _), tree_leaves in zip(per_device, leaves)])
+            for i, leaf in enumerate(leaves[0])]
+        return jax.tree.unflatten(treedef, arrays)
 
     def replicate(self, tree: PyTree, row_width: int | None = None) -> PyTree:
         """Places a pytree on every participating device (one copy each).

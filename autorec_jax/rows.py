@@ -58,6 +58,31 @@ def to_device_rows(rows: RowMatrix, pad_to: int | None = None,
                       fields=extra)
 
 
+def take_rows(rows: RowMatrix, index: np.ndarray, size: int,
+              fields: dict[str, np.ndarray] | None = None) -> tuple[DeviceRows, np.ndarray]:
+    """The rows `index` (int, any shape, negative = padding) as their own CSR, in order.
+
+    Returns (`DeviceRows` as NumPy with `size` entry slots, the local index: position k of
+    `index` becomes row k, padding stays negative). A device given only these rows and
+    the local index builds exactly the batches `index` names: a device's share of the
+    data, in place of all rows on every device.
+    """
+    flat = np.asarray(index).reshape(-1)
+    valid = flat >= 0
+    safe = np.where(valid, flat, 0)
+    lengths = np.where(valid, rows.indptr[safe + 1] - rows.indptr[safe], 0)
+    starts = np.repeat(rows.indptr[safe], lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pos = starts + offsets
+    if len(pos) > size:
+        raise ValueError(f"{len(pos)} entries exceed the {size} slots")
+    local = RowMatrix(indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                      cols=rows.cols[pos], values=rows.values[pos], num_cols=rows.num_cols)
+    extra = {name: np.asarray(a)[pos] for name, a in (fields or {}).items()}
+    local_index = np.where(valid, np.arange(len(flat)), -1).astype(np.int32)
+    return to_device_rows(local, size, extra), local_index.reshape(np.shape(index))
+
+
 def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
     """Dense ratings of the rows `index_B`: float32 [B, N], 0 where unobserved.
 

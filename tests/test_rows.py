@@ -38,3 +38,18 @@ class DensifyTest(chex.TestCase):
         assert bound == rows.row_lengths[heaviest].sum()
         got = densify(jax.device_put(to_device_rows(rows)), jnp.asarray(heaviest), bound)
         np.testing.assert_array_equal(np.asarray(got), to_dense(rows)[heaviest])
+
+
+def test_a_devices_share_of_rows_densifies_like_all_rows():
+    from autorec_jax.rows import take_rows
+    rows = row_matrix(random_ratings(num_users=23, num_items=30, density=0.3), "item")
+    index = np.array([[4, 4, 17], [-1, 0, 29]], np.int32)  # repeats and padding
+    size = batching.max_nnz(rows.row_lengths, index.size, 2)
+    share, local = take_rows(rows, index, size)
+    assert local.tolist() == [[0, 1, 2], [-1, 4, 5]]
+    full = jax.device_put(to_device_rows(rows))
+    for step in range(2):
+        bound = batching.max_nnz(rows.row_lengths, 3, 2)
+        np.testing.assert_array_equal(
+            np.asarray(densify(jax.device_put(share), jnp.asarray(local[step]), bound)),
+            np.asarray(densify(full, jnp.asarray(index[step]), bound)))
