@@ -73,16 +73,7 @@ def _item_id(text: str, name: str, line: int) -> int:
 
 def parse_uitem(data: bytes, name: str = "u.item") -> Titles:
     """MovieLens 100K's u.item: id|title (year)|release date|video date|url|19 genre flags."""
-    out = {}
-    for number, line in enumerate(_decode(data).splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("|")
-        if len(fields) < 2:
-            raise DataError(f"expected '|'-separated fields, got {line[:40]!r}", path=name,
-                            line=number)
-        out[_item_id(fields[0], name, number)] = split_title(fields[1])
-    return out
+    return _parse_separated(data, name, "|")
 
 
 def parse_recbole_item(data: bytes, name: str = RECBOLE_ML100K_ITEM) -> Titles:
@@ -111,13 +102,18 @@ def parse_recbole_item(data: bytes, name: str = RECBOLE_ML100K_ITEM) -> Titles:
 
 def parse_movies_dat(data: bytes, name: str = "movies.dat") -> Titles:
     """ml-1m / ml-10m movies.dat: id::title (year)::genres."""
+    return _parse_separated(data, name, "::")
+
+
+def _parse_separated(data: bytes, name: str, sep: str) -> Titles:
+    """Lines of id<sep>title (year)<sep>...; blank lines skipped, bad lines named."""
     out = {}
     for number, line in enumerate(_decode(data).splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.split("::")
+        fields = line.split(sep)
         if len(fields) < 2:
-            raise DataError(f"expected '::'-separated fields, got {line[:40]!r}", path=name,
+            raise DataError(f"expected '{sep}'-separated fields, got {line[:40]!r}", path=name,
                             line=number)
         out[_item_id(fields[0], name, number)] = split_title(fields[1])
     return out
