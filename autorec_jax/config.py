@@ -33,6 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
+SELECTIONS = ("last", "best")
 PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
@@ -125,6 +126,8 @@ class ModelConfig:
     output_activation: str = "identity"  # activation of the output layer (the decoder)
     dropout: float = 0.05              # dropout rate after each hidden layer, training only
     init_std: float = 0.01             # kernels ~ Normal(0, init_std); biases start at 0
+    input_dropout: float = 0.0         # denoising: rate at which observed inputs are dropped
+                                       # while training (the loss still scores them)
     dropout_rng: str = "hash"          # "hash": counter hash seeded by the JAX PRNG (fast);
                                        # "jax": flax nn.Dropout, one PRNG uniform per unit
     matmul_precision: str = "highest"  # precision of every layer's matmul: "highest" (float32,
@@ -143,6 +146,8 @@ class ModelConfig:
         _check_choice(self.output_activation, "model.output_activation", ACTIVATIONS)
         _check(_is_real(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout",
                "in [0, 1)", self.dropout)
+        _check(_is_real(self.input_dropout) and 0.0 <= self.input_dropout < 1.0,
+               "model.input_dropout", "in [0, 1)", self.input_dropout)
         _check(_is_real(self.init_std) and self.init_std > 0, "model.init_std", "> 0",
                self.init_std)
         _check_choice(self.dropout_rng, "model.dropout_rng", DROPOUT_RNGS)
@@ -193,7 +198,13 @@ class TrainConfig:
     eval_every: int = 1              # evaluate every this many epochs (and after the last)
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
     early_stopping: int = 0          # patience in epochs on validation RMSE (needs
-                                     # data.valid_ratio > 0); 0: off, the last epoch is kept
+                                     # data.valid_ratio > 0; keeps the best epoch); 0: off
+    select: str = "last"             # params the run keeps: "last" epoch's, or "best":
+                                     # the best validation RMSE's over all epochs (needs
+                                     # data.valid_ratio > 0; early stopping implies it)
+    retrain: bool = False            # after selection, train again from scratch on train +
+                                     # validation for the chosen number of epochs; the test
+                                     # set scores that model (needs a selection)
     checkpoint_every: int = 0        # epochs between checkpoints in --out; 0: automatic,
                                      # every max(30 s, 20x a save's time) (the last and an
                                      # interrupted epoch are always saved)
@@ -223,6 +234,8 @@ class TrainConfig:
         for name in ("early_stopping", "checkpoint_every"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 0, f"train.{name}", "an integer >= 0", value)
+        _check_choice(self.select, "train.select", SELECTIONS)
+        _check(isinstance(self.retrain, bool), "train.retrain", "true or false", self.retrain)
         _check(_is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
                "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
         _check(_is_real(self.divergence_factor) and (self.divergence_factor == 0
@@ -248,6 +261,17 @@ class Config:
         _check(self.train.early_stopping == 0 or self.data.valid_ratio > 0,
                "train.early_stopping", "0 unless data.valid_ratio > 0 (it watches "
                "validation RMSE; pass --valid-ratio 0.1)", self.train.early_stopping)
+        _check(self.train.select == "last" or self.data.valid_ratio > 0, "train.select",
+               "'last' unless data.valid_ratio > 0 (it picks by validation RMSE; pass "
+               "--valid-ratio 0.1)", self.train.select)
+        _check(not self.train.retrain or self.selects_on_validation, "train.retrain",
+               "false unless the run selects on validation (--select best or "
+               "--early-stopping P, with --valid-ratio)", self.train.retrain)
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """Whether the run keeps the best validation epoch (early stopping or select best)."""
+        return self.train.early_stopping > 0 or self.train.select == "best"
 
     @property
     def split_seed(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from autorec_jax import checkpoint, policies, preflight, reporting, run_folder, runtime
-from autorec_jax.config import Config, to_dict
+from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
 from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
@@ -258,7 +258,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
              len(experiment.valid), len(experiment.test), experiment.num_rows,
              experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
              jax.local_devices()[0].platform)
-    selecting = config.train.early_stopping > 0
+    selecting = config.selects_on_validation
     loop = {"epoch": 0, "shuffle_state": np.random.default_rng(
                 experiment.shuffle_seed).bit_generator.state,
             "carry": [], "best": None, "bad_epochs": 0, "seconds": 0.0, "entries": 0,
@@ -336,9 +336,33 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     if bar is not None:
         bar.close()
     loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + cadence.total_seconds
+    seams = dict(optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
+                 entry_fields=entry_fields)
+    retrained = None
+    if config.train.retrain:
+        retrained = _retrain(config, loop["best"]["epoch"], out_dir, ratings=ratings,
+                             cache_dir=cache_dir, resume=resume, progress=progress,
+                             stop_requested=stop_requested, **seams)
     return _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
-                   optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
-                   entry_fields=entry_fields)
+                   retrained, **seams)
+
+
+def _retrain(config: Config, epochs: int, out_dir, *, resume: bool, **kwargs) -> TrainResult:
+    """The selected number of epochs, from scratch (same seeds) on train + validation.
+
+    With `data.valid_ratio` 0 the same split's training part is train + validation and its
+    test part is unchanged. The run lives in `<out>/retrain` (resumable like any run).
+    """
+    retrain_config = replace(config, valid_ratio=0.0, early_stopping=0, select="last",
+                             retrain=False, epochs=epochs)
+    log.info("retraining on train + validation for the selected %d epoch(s)", epochs)
+    folder = None if out_dir is None else Path(out_dir).expanduser() / "retrain"
+    try:
+        return train_and_evaluate(retrain_config, folder, resume=resume, **kwargs)
+    except TrainingInterrupted as interrupted:
+        raise TrainingInterrupted(
+            f"interrupted while retraining ({interrupted}); continue with --resume --out "
+            f"{out_dir}" if out_dir is not None else str(interrupted)) from None
 
 
 def _open_run(run_dir, experiment, state, best_params, loop, resume):
@@ -391,11 +415,20 @@ def _report(bar, record) -> None:
 
 
 def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
-            **seams):
-    """Scores the chosen params on every held-out set, saves the model and the summary."""
+            retrained=None, **seams):
+    """Scores the chosen params on every held-out set, saves the model and the summary.
+
+    With `retrained` (a `TrainResult` on train + validation), the test scores and the saved
+    model are the retrained run's; validation scores stay the selected params'.
+    """
     config = experiment.config
     params = best_params if best_params is not None else state.params
-    if best_params is not None or "test" not in scores:
+    if retrained is not None:
+        scores = {**evaluate(experiment, params, ("valid",)),
+                  "test": {key: retrained.summary[f"test_{key}"]
+                           for key in ("rmse", "mae", "count")}}
+        params = retrained.state.params
+    elif best_params is not None or "test" not in scores:
         scores = evaluate(experiment, params)
     test = scores["test"]
     summary = {
@@ -404,10 +437,15 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         **({"valid_rmse": scores["valid"]["rmse"], "valid_mae": scores["valid"]["mae"]}
            if "valid" in scores else {}),
         "epochs_run": loop["epoch"],
-        "selection": ({"rule": "best validation RMSE, early stopping",
+        "selection": ({"rule": "best validation RMSE" + (
+                           ", early stopping" if config.train.early_stopping else ""),
                        "patience": config.train.early_stopping,
                        "best_epoch": loop["best"]["epoch"],
-                       "stopped_early": loop["epoch"] < config.train.epochs}
+                       "stopped_early": loop["epoch"] < config.train.epochs,
+                       "retrain": None if retrained is None else {
+                           "epochs": retrained.summary["epochs_run"],
+                           "train_ratings": retrained.summary["data"]["train_ratings"],
+                           "folder": "retrain"}}
                       if best_params is not None else {"rule": "last epoch"}),
         "train_seconds": loop["seconds"],
         "entries_per_sec": loop["entries"] / max(loop["seconds"], 1e-9),

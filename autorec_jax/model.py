@@ -68,6 +68,7 @@ class AutoRec(nn.Module):
     dropout_rng: str = "hash"
     matmul_precision: str = "highest"
     compute_dtype: str = "float32"
+    input_dropout: float = 0.0
 
     def setup(self):
         kernel_init = nn.initializers.normal(stddev=self.init_std)
@@ -117,6 +118,12 @@ class AutoRec(nn.Module):
         return self.forward(ratings_BxN, train=train, row_ids=row_ids)[0]
 
     def _encode(self, ratings_BxN, train, row_ids):
+        if train and self.input_dropout > 0:
+            # Denoising: observed inputs are dropped (and the rest scaled by 1 / (1 - rate));
+            # the loss still scores the dropped entries, so the network learns to predict
+            # ratings it does not see, as at evaluation.
+            ratings_BxN = hash_dropout(ratings_BxN, self.input_dropout,
+                                       self.make_rng("dropout"), row_ids)
         hidden_BxH, activations = ratings_BxN.astype(self.compute_dtype), []
         for i in range(len(self.hidden)):
             hidden_BxH = ACTIVATIONS[self.activation](getattr(self, f"hidden_{i}")(hidden_BxH))
@@ -169,7 +176,7 @@ def create_model(config: ModelConfig, num_outputs: int) -> AutoRec:
                    output_activation=config.output_activation, dropout=config.dropout,
                    init_std=config.init_std, dropout_rng=config.dropout_rng,
                    matmul_precision=config.matmul_precision,
-                   compute_dtype=config.compute_dtype)
+                   compute_dtype=config.compute_dtype, input_dropout=config.input_dropout)
 
 
 def init_params(model: AutoRec, rng: jax.Array) -> PyTree:

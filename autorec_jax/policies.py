@@ -37,13 +37,16 @@ class CheckpointCadence:
 
 
 def early_stopping_step(loop, params, best_params, epoch, valid_rmse, patience):
-    """Early stopping on validation RMSE: returns (best params, whether to stop)."""
+    """Keeps the best validation epoch: returns (best params, whether to stop).
+
+    Stops after `patience` epochs without a better validation RMSE; patience 0 never stops
+    (a best-epoch pick over the whole run)."""
     if loop["best"] is None or valid_rmse < loop["best"]["valid_rmse"]:
         loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
         # A copy: the state's buffers are donated to the next epoch.
         return jax.tree.map(jnp.copy, params), False
     loop["bad_epochs"] += 1
-    return best_params, loop["bad_epochs"] >= patience
+    return best_params, patience > 0 and loop["bad_epochs"] >= patience
 
 
 def check_loss(metrics: dict, epoch: int, first_step: int, loop: dict, factor: float) -> None:

@@ -2,7 +2,7 @@
 
 Files a run writes (and `--overwrite` clears; nothing else in the folder is touched):
   run.json, ids.json, metrics.jsonl, metrics.csv, summary.json, checkpoints/, model/,
-  curves.png
+  curves.png, retrain/ (the retrained run of `train.retrain`)
 Every file is written whole to a temp file and renamed (`reporting`).
 """
 
@@ -16,7 +16,7 @@ from autorec_jax import preflight, reporting
 from autorec_jax.errors import ConfigError
 
 OWNED = ("run.json", "ids.json", "metrics.jsonl", "metrics.csv", "summary.json",
-         "checkpoints", "model", "curves.png")
+         "checkpoints", "model", "curves.png", "retrain")
 
 
 def claim(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
