@@ -21,6 +21,10 @@ used (so `autorec_jax.data` works without it). The public API:
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
                 steps_per_epoch
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
+  protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
+                train_fn=, **seams) -> ProtocolResult (table, test_rmse); compare(a, b)
+                (paired t of test RMSE, a - b)
+  statistics    t_cdf, t_quantile, mean_ci(values), paired_t(a, b) (NumPy only)
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -41,6 +45,7 @@ _LAZY_MODULES = {
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),
     "autorec_jax.plots": ("plot_runs",),
+    "autorec_jax.protocol": ("ProtocolResult", "compare", "run_protocol", "split_plan"),
     "autorec_jax.recommend": ("predict_pairs", "top_k"),
     "autorec_jax.evaluator": ("eval_block", "eval_blocks", "summarize"),
     "autorec_jax.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch", "setup",
@@ -51,6 +56,7 @@ _LAZY_MODULES = {
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels"),
     "autorec_jax.parallel": ("Parallel",),
     "autorec_jax.research": ("per_row_grads",),
+    "autorec_jax.stats": ("mean_ci", "paired_t", "t_cdf", "t_quantile"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
                           "create_train_state", "layer_norms", "make_train_step",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),

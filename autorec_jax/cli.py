@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 import typing
 
@@ -106,6 +107,33 @@ def config_from_args(args: argparse.Namespace, base: config_lib.Config) -> confi
         return config_lib.replace(base, **overrides)
     except TypeError as err:  # pragma: no cover - replace() validates through __post_init__
         raise ConfigError(str(err)) from None
+
+
+def config_from_flag_string(text: str, args: argparse.Namespace, prog: str
+                            ) -> config_lib.Config:
+    """One side of a comparison, e.g. `--preset d2l --dropout 0.2`, as a config.
+
+    Starts from the string's `--preset` (else `args.preset`), applies the config flags of
+    `args` (the flags both sides share), then the string's own config flags.
+
+    Raises:
+      ConfigError: an unknown flag or a bad value in `text` (the message starts with
+        `prog`, e.g. "--b").
+    """
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, exit_on_error=False)
+    parser.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None)
+    add_config_flags(parser)
+    try:
+        side, unknown = parser.parse_known_args(shlex.split(text))
+    except (argparse.ArgumentError, ValueError) as err:
+        raise ConfigError(f"{prog}: {err}") from None
+    if unknown:
+        raise ConfigError(f"{prog}: unknown flags {' '.join(unknown)}")
+    base = config_from_args(args, config_lib.PRESETS[side.preset or args.preset]())
+    try:
+        return config_from_args(side, base)
+    except ConfigError as err:
+        raise ConfigError(f"{prog}: {err}") from None
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Train one config on repeated splits and report test RMSE with a 95% confidence interval.
+
+  python scripts/protocol.py --splits book:0-4 --out runs/proto_d2l     # the book, 5 seeds
+  python scripts/protocol.py --splits u1-u5 --out runs/proto_u          # official splits
+  python scripts/protocol.py --splits kfold:5 --out runs/proto_k --dropout 0.2
+
+--splits: book:A-B (the book's random split with seed s = A..B; s seeds the split and the
+model), book:N (seeds 0..N-1), u1-u5 or uK (MovieLens 100K's official splits), kfold:K (the
+folds of one seeded partition). Every train.py config flag applies to every split. Each
+split is a run folder under --out; results.csv, results.json and report.md sit beside them.
+Run it again with the same flags to finish an interrupted protocol (finished splits are
+skipped); another config in the same --out is refused. Exits 2 on a bad flag or plan, 1 on
+bad data or a failed run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.cli import parse_run_args  # noqa: E402
+from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+
+PROG = "protocol.py"
+EXTRA = {"--splits": dict(default="book:0-4",
+                          help="split plan: book:A-B, book:N, u1-u5, uK or kfold:K")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, args = parse_run_args(__doc__, argv, extra=EXTRA)
+    from autorec_jax import protocol  # imports JAX's backends lazily
+
+    try:
+        plan = protocol.split_plan(args.splits, config)
+        result = protocol.run_protocol(config, plan, args.out)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except (AutoRecError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run it again with the same flags to continue",
+              file=sys.stderr)
+        return 130
+    for row in result.table.itertuples():
+        print(f"{row.label}: test RMSE {row.test_rmse:.4f}  MAE {row.test_mae:.4f}  "
+              f"({row.split}, seed {row.seed}, best epoch {row.best_epoch})")
+    print(protocol.format_mean_ci(result.test_rmse))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
