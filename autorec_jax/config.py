@@ -29,7 +29,7 @@ SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "m
 RATINGS_FORMATS = ("auto", "delimited", "netflix")
 DUPLICATE_POLICIES = ("error", "keep-last", "mean")
 ORIENTATIONS = ("item", "user")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "rprop")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
@@ -157,7 +157,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adam"          # "adam" or "sgd"
+    optimizer: str = "adam"          # "adam", "sgd", or "rprop" (sign-based, for full batches:
+                                     # the AutoRec paper's; lr is its initial step size)
     lr: float = 0.002                # learning rate
     b1: float = 0.9                  # Adam first-moment decay
     b2: float = 0.999                # Adam second-moment decay
@@ -186,7 +187,8 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 25                 # passes over the training rows
-    batch_size: int = 256            # rows (items for I-AutoRec) per step, over all devices
+    batch_size: int = 256            # rows (items for I-AutoRec) per step, over all devices;
+                                     # 0: full batch, every training row in one step
     last_batch: str = "rollover"     # leftover rows at an epoch's end: "rollover" (gluon:
                                      # carried into the next epoch), "pad", or "drop"
     loss: str = "book"               # "book": 0.5 * mean over all entries of the batch;
@@ -220,8 +222,8 @@ class TrainConfig:
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
                self.epochs)
-        _check(_is_int(self.batch_size) and self.batch_size >= 1, "train.batch_size",
-               "an integer >= 1", self.batch_size)
+        _check(_is_int(self.batch_size) and self.batch_size >= 0, "train.batch_size",
+               "an integer >= 1, or 0 (full batch)", self.batch_size)
         _check_choice(self.last_batch, "train.last_batch", LAST_BATCH)
         _check_choice(self.loss, "train.loss", LOSS_NORMALIZATIONS)
         _check_choice(self.parallel, "train.parallel", PARALLEL_MODES)

@@ -48,6 +48,7 @@ class Experiment:
     valid: Ratings
     test: Ratings
     steps: list[int]               # steps of each epoch, in order
+    batch_size: int                # rows per step (the config's, or all rows: full batch)
     row_width: int                 # N
     num_rows: int                  # rows of the training matrix
     train_data: DeviceRows | None  # None when each device takes its share per epoch
@@ -97,7 +98,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
     preflight.check_memory(config, train_rows.num_rows, train_rows.num_cols,
                            available_bytes=_device_memory(), num_ratings=len(train))
-    batch_size = config.train.batch_size
+    batch_size = config.train.batch_size or train_rows.num_rows  # 0: full batch
     steps = batching.steps_per_epoch(train_rows.num_rows, batch_size, config.train.epochs,
                                      config.train.last_batch)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
@@ -155,6 +156,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
         in_axes=(None, data_axis, 0))
     experiment = Experiment(
         config=config, parallel=parallel, train=train, valid=valid, test=test, steps=steps,
+        batch_size=batch_size,
         row_width=train_rows.num_cols, num_rows=train_rows.num_rows, train_data=train_data,
         heldout=heldout, eval_index=eval_index, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
@@ -278,7 +280,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     for epoch in bar if bar is not None else epochs:
         batches, carry = batching.epoch_batches(
             shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
-            config.train.batch_size, config.train.last_batch)
+            experiment.batch_size, config.train.last_batch)
         compile_before = experiment.compile_seconds
         start = time.perf_counter()
         state, metrics = run_epoch(experiment, state, batches)

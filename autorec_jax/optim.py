@@ -31,6 +31,10 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
     elif config.optimizer == "sgd":
         scale = optax.trace(decay=config.momentum) if config.momentum else optax.identity()
+    elif config.optimizer == "rprop":
+        # Per-weight step sizes adapted from gradient signs; lr is the initial step size,
+        # and the update comes out already scaled (no learning-rate factor after it).
+        scale = optax.rprop(config.lr)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     parts = [scale]
@@ -38,7 +42,8 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
         decay = optax.add_decayed_weights(
             config.weight_decay, mask=None if config.decay_biases else kernels_only)
         parts.insert(0 if config.decay_style == "coupled" else 1, decay)
-    parts.append(optax.scale_by_learning_rate(config.lr))
+    if config.optimizer != "rprop":
+        parts.append(optax.scale_by_learning_rate(config.lr))
     return optax.chain(*parts)
 
 

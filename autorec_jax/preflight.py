@@ -101,9 +101,9 @@ def estimate_memory_bytes(config, num_rows: int, row_width: int, num_ratings: in
     widths = [row_width, *hidden, row_width]
     params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
     optim = config.optim
-    moments = 2 if optim.optimizer == "adam" else int(optim.momentum > 0)
+    moments = {"adam": 2, "rprop": 3}.get(optim.optimizer, int(optim.momentum > 0))
     state = params * (2 + moments)
-    batch = config.train.batch_size
+    batch = config.train.batch_size or num_rows
     train = batch * (4 * row_width + 3 * sum(hidden))
     block = min(config.train.eval_batch_size, num_rows)
     evaluation = block * (3 * row_width + sum(hidden))
