@@ -18,6 +18,7 @@ used (so `autorec_jax.data` works without it). The public API:
   research      per_row_grads(state, batch, rng, *, config, loss_fn=)
   model         AutoRec (forward / encode / decode), create_model, init_params
   evaluator     eval_block, eval_blocks, summarize
+  cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
                 steps_per_epoch
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
@@ -41,6 +42,7 @@ __version__ = "0.2.0"
 
 _LAZY_MODULES = {
     "autorec_jax.checkpoint": ("Run", "load_run"),
+    "autorec_jax.coldstart": ("cold_mask", "fallback_values"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from autorec_jax.errors import ConfigError
 
@@ -36,6 +37,8 @@ LOSS_NORMALIZATIONS = ("book", "observed", "sum")
 SELECTIONS = ("last", "best")
 PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 MATMUL_PRECISIONS = ("highest", "high", "default")
+COLD_START_RULES = ("network", "global-mean", "user-mean", "item-mean")  # or a number
+COLD_START_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")  # "3", "3.5", "-1"
 
 
 def _check(ok: bool, field: str, allowed: str, value) -> None:
@@ -53,6 +56,12 @@ def _is_int(value) -> bool:
 
 def _is_seed(value) -> bool:
     return _is_int(value) and 0 <= value < SEED_LIMIT
+
+
+def _is_cold_start(value) -> bool:
+    """A named rule of COLD_START_RULES, or a decimal number as text ("3", "3.5")."""
+    return isinstance(value, str) and (value in COLD_START_RULES
+                                       or COLD_START_NUMBER.fullmatch(value) is not None)
 
 
 def _is_real(value) -> bool:
@@ -199,6 +208,10 @@ class TrainConfig:
     eval_batch_size: int = 1024      # rows per evaluation block
     eval_every: int = 1              # evaluate every this many epochs (and after the last)
     clip_predictions: bool = False   # clip predictions to the rating scale when scoring
+    cold_start: str = "network"      # prediction at held-out entries whose user or item has
+                                     # no training rating: "network" (its output),
+                                     # "global-mean", "user-mean", "item-mean" (the global
+                                     # mean for a user/item with none), or a number ("3")
     early_stopping: int = 0          # patience in epochs on validation RMSE (needs
                                      # data.valid_ratio > 0; keeps the best epoch); 0: off
     select: str = "last"             # params the run keeps: "last" epoch's, or "best":
@@ -233,6 +246,9 @@ class TrainConfig:
                "an integer >= 1", self.eval_every)
         _check(isinstance(self.clip_predictions, bool), "train.clip_predictions",
                "true or false", self.clip_predictions)
+        _check(_is_cold_start(self.cold_start), "train.cold_start",
+               "one of " + ", ".join(COLD_START_RULES) + ' or a decimal number as text, e.g. "3"',
+               self.cold_start)
         for name in ("early_stopping", "checkpoint_every"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 0, f"train.{name}", "an integer >= 0", value)

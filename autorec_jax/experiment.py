@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import tqdm
 
-from autorec_jax import checkpoint, policies, preflight, reporting, run_folder, runtime
+from autorec_jax import (checkpoint, coldstart, policies, preflight, reporting, run_folder,
+                         runtime)
 from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
@@ -95,6 +96,11 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     heldout_rows = {"test": row_matrix(test, orientation)}
     if len(valid):
         heldout_rows["valid"] = row_matrix(valid, orientation)
+    # Per held-out entry: cold or not, and the cold-start rule's prediction (`coldstart`).
+    cold_fields = {name: coldstart.eval_fields(config.train.cold_start, train,
+                                               {"test": test, "valid": valid}[name],
+                                               orientation)
+                   for name in heldout_rows}
     parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
     preflight.check_memory(config, train_rows.num_rows, train_rows.num_cols,
                            available_bytes=_device_memory(), num_ratings=len(train))
@@ -120,21 +126,24 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
         target_size = max(batching.max_nnz(rows.row_lengths, block_rows)
                           for rows in heldout_rows.values())
 
-        def eval_share(rows):
+        def eval_share(rows, fields):
             def build(d):
                 inputs, local = take_rows(train_rows, eval_index[d], in_size)
-                return EvalData(inputs, take_rows(rows, eval_index[d], target_size)[0]), local
+                return EvalData(inputs, take_rows(rows, eval_index[d], target_size,
+                                                  fields)[0]), local
             return parallel.put_shares(build)
 
-        shared = {name: eval_share(rows) for name, rows in heldout_rows.items()}
+        shared = {name: eval_share(rows, cold_fields[name])
+                  for name, rows in heldout_rows.items()}
         heldout = {name: data for name, (data, _) in shared.items()}
         eval_index = shared["test"][1]
     else:
         train_data = parallel.replicate(to_device_rows(train_rows, fields=fields))
         # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
         pad_to = max(rows.nnz for rows in heldout_rows.values())
-        heldout = {name: parallel.replicate(EvalData(to_device_rows(train_rows),
-                                                     to_device_rows(rows, pad_to)))
+        heldout = {name: parallel.replicate(EvalData(
+                       to_device_rows(train_rows), to_device_rows(rows, pad_to,
+                                                                  cold_fields[name])))
                    for name, rows in heldout_rows.items()}
     data_axis = 0 if shares else None
 
@@ -209,6 +218,8 @@ class TrainResult:
     history: list[dict]
     summary: dict
     experiment: Experiment         # the run's data and compiled calls (`evaluate`, ...)
+    scores: dict = dataclasses.field(default_factory=dict)  # the final scores: set name ->
+                                   # `evaluate`'s {"rmse", "mae", "count", "cold_rmse", ...}
 
 
 def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
@@ -304,6 +315,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
             scores = evaluate(experiment, state.params, ("valid",) if selecting else None)
             for name, score in scores.items():
                 record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
+                if score["cold_count"]:
+                    record[f"{name}_cold_rmse"] = score["cold_rmse"]
             record["eval_seconds"] = time.perf_counter() - start
             try:
                 policies.check_scores(scores, epoch, scale, config.train.divergence_factor)
@@ -426,9 +439,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     config = experiment.config
     params = best_params if best_params is not None else state.params
     if retrained is not None:
-        scores = {**evaluate(experiment, params, ("valid",)),
-                  "test": {key: retrained.summary[f"test_{key}"]
-                           for key in ("rmse", "mae", "count")}}
+        scores = {**evaluate(experiment, params, ("valid",)), "test": retrained.scores["test"]}
         params = retrained.state.params
     elif best_params is not None or "test" not in scores:
         scores = evaluate(experiment, params)
@@ -438,6 +449,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
         **({"valid_rmse": scores["valid"]["rmse"], "valid_mae": scores["valid"]["mae"]}
            if "valid" in scores else {}),
+        **coldstart.summary_fields(config.train.cold_start, scores),
         "epochs_run": loop["epoch"],
         "selection": ({"rule": "best validation RMSE" + (
                            ", early stopping" if config.train.early_stopping else ""),
@@ -472,12 +484,14 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         summary["checkpoint_seconds"] += time.perf_counter() - start
     if run_dir is not None:
         reporting.write_json(run_dir / "summary.json", summary)
-    log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings; %.2f s training, "
+    cold = (f", {int(test['cold_count'])} cold: RMSE {test['cold_rmse']:.4f} by "
+            f"{config.train.cold_start}" if test["cold_count"] else "")
+    log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings%s; %.2f s training, "
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
-             int(test["count"]), loop["seconds"], summary["entries_per_sec"] / 1e6,
+             int(test["count"]), cold, loop["seconds"], summary["entries_per_sec"] / 1e6,
              experiment.compile_seconds)
     return TrainResult(state=state, history=history, summary=summary,
-                       experiment=experiment)
+                       experiment=experiment, scores=scores)
 
 
 def _agreed(decision: bool) -> bool:

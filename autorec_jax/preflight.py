@@ -82,8 +82,9 @@ def estimate_memory_bytes(config, num_rows: int, row_width: int, num_ratings: in
       train  = B * (4 N + 3 S)    a dense batch, its mask, the output and its gradient
                                   [B, N]; hidden activations, their gradients and dropout
                                   masks [B, S]
-      eval   = E * (3 N + S)      an evaluation block's inputs, targets and outputs [E, N],
-                                  and its activations [E, S]
+      eval   = E * (5 N + S)      an evaluation block's inputs, targets, their cold-start
+                                  fields ("cold", "fallback") and outputs [E, N], and its
+                                  activations [E, S]
       bytes  = 4 * (state / M + train + eval) + BYTES_PER_RATING * num_ratings
 
     M is `train.model_parallel` (a sharded run splits the N-sized state over it).
@@ -106,7 +107,7 @@ def estimate_memory_bytes(config, num_rows: int, row_width: int, num_ratings: in
     batch = config.train.batch_size or num_rows
     train = batch * (4 * row_width + 3 * sum(hidden))
     block = min(config.train.eval_batch_size, num_rows)
-    evaluation = block * (3 * row_width + sum(hidden))
+    evaluation = block * (5 * row_width + sum(hidden))
     model = getattr(config.train, "model_parallel", 1)
     return (FLOAT_BYTES * (state // model + train + evaluation)
             + BYTES_PER_RATING * num_ratings)

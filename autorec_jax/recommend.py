@@ -145,7 +145,8 @@ def predict_pairs(config: Config, params: PyTree, train: Ratings, user_ids_raw,
 
     Each needed row (the item for I-AutoRec, the user for U-AutoRec) is reconstructed once,
     from the training ratings. A user or item that is in the run's id space but has no
-    training rating gets the network's answer for an empty row, as in evaluation.
+    training rating gets the network's answer, as evaluation gives under the default
+    `train.cold_start` "network" (`coldstart.fallback_values` gives another rule's values).
 
     Args:
       config: the run's config.

@@ -95,3 +95,33 @@ def test_scores_depend_on_test_ratings_only_as_targets(setting):
     test = to_dense(shifted).astype(np.float64)
     expected = book_rmse(test, recons)
     assert summarize(run_eval(moved, 8))["rmse"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_cold_sums_accumulate_over_blocks_like_the_whole_set(setting):
+    """Per-entry "cold" and "fallback" fields (any values: the evaluator takes them as
+    given) give the same cold and warm scores blocked or whole."""
+    model, params, train_rows, test_rows, _ = setting
+    rng = np.random.default_rng(1)
+    fields = {"cold": (rng.uniform(size=test_rows.nnz) < 0.3).astype(np.float32),
+              "fallback": rng.uniform(1, 5, test_rows.nnz).astype(np.float32)}
+    data = jax.device_put(EvalData(to_device_rows(train_rows),
+                                   to_device_rows(test_rows, fields=fields)))
+    with_fields = (model, params, train_rows, test_rows, data)
+    whole = summarize(run_eval(with_fields, block_size=train_rows.num_rows))
+    assert whole["cold_count"] == fields["cold"].sum() > 0
+    recons = numpy_forward(params, to_dense(train_rows).astype(np.float64))
+    dense = {name: to_dense(type(test_rows)(test_rows.indptr, test_rows.cols, values,
+                                            test_rows.num_cols))
+             for name, values in (("test", test_rows.values), *fields.items())}
+    observed, cold = dense["test"] != 0, dense["cold"] != 0
+    pred = np.where(cold, dense["fallback"], recons)
+    err = (pred - dense["test"])[observed]
+    assert whole["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-6)
+    assert whole["cold_rmse"] == pytest.approx(
+        np.sqrt(np.mean((pred - dense["test"])[cold] ** 2)), rel=1e-6)
+    for block_size in (1, 5, 16):
+        blocked = summarize(run_eval(with_fields, block_size))
+        for key in ("count", "cold_count"):
+            assert blocked[key] == whole[key]
+        for key in ("rmse", "mae", "cold_rmse", "warm_rmse"):
+            assert blocked[key] == pytest.approx(whole[key], rel=1e-6), key

@@ -73,7 +73,7 @@ def test_memory_estimate_matches_a_hand_computation():
     params = (7 * 10 + 10) + (10 * 7 + 7)           # 157: encoder and decoder
     state = params * 4                              # params, grads, Adam's two moments
     train = 4 * (4 * 7 + 3 * 10)                    # [B, N] x 4 and [B, H] x 3
-    evaluation = 3 * (3 * 7 + 10)                   # E = min(3, 5) rows
+    evaluation = 3 * (5 * 7 + 10)                   # E = min(3, 5) rows; [E, N] x 5
     expected = 4 * (state + train + evaluation) + preflight.BYTES_PER_RATING * 11
     assert preflight.estimate_memory_bytes(config, 5, 7, num_ratings=11) == expected
     sgd = config_lib.replace(config, optimizer="sgd")
