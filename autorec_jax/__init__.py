@@ -21,6 +21,8 @@ used (so `autorec_jax.data` works without it). The public API:
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
                 steps_per_epoch
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
+  sweeps        run_grid(config, grid, seeds, out_dir) -> results (one row per run, resumable);
+                summarize_grid(results) -> per setting, best by validation RMSE
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -51,6 +53,7 @@ _LAZY_MODULES = {
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels"),
     "autorec_jax.parallel": ("Parallel",),
     "autorec_jax.research": ("per_row_grads",),
+    "autorec_jax.sweep": ("run_grid", "summarize_grid"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
                           "create_train_state", "layer_norms", "make_train_step",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),
