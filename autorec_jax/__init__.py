@@ -26,6 +26,8 @@ used (so `autorec_jax.data` works without it). The public API:
                 train_fn=, **seams) -> ProtocolResult (table, test_rmse); compare(a, b)
                 (paired t of test RMSE, a - b)
   statistics    t_cdf, t_quantile, mean_ci(values), paired_t(a, b) (NumPy only)
+  sweeps        run_grid(config, grid, seeds, out_dir) -> results (one row per run, resumable);
+                summarize_grid(results) -> per setting, best by validation RMSE
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -59,6 +61,7 @@ _LAZY_MODULES = {
     "autorec_jax.parallel": ("Parallel",),
     "autorec_jax.research": ("per_row_grads",),
     "autorec_jax.stats": ("mean_ci", "paired_t", "t_cdf", "t_quantile"),
+    "autorec_jax.sweep": ("run_grid", "summarize_grid"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
                           "create_train_state", "layer_norms", "make_train_step",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),
