@@ -220,6 +220,10 @@ class TrainResult:
     experiment: Experiment         # the run's data and compiled calls (`evaluate`, ...)
     scores: dict = dataclasses.field(default_factory=dict)  # the final scores: set name ->
                                    # `evaluate`'s {"rmse", "mae", "count", "cold_rmse", ...}
+    params: PyTree = None          # the model the run chose and saved (retrained, if so)
+    selected_params: PyTree = None  # the params picked on validation (= params unless
+                                   # retrained; then they were trained without validation)
+    retrained: "TrainResult | None" = None  # the run on train + validation (`train.retrain`)
 
 
 def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
@@ -437,7 +441,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     model are the retrained run's; validation scores stay the selected params'.
     """
     config = experiment.config
-    params = best_params if best_params is not None else state.params
+    params = selected = best_params if best_params is not None else state.params
     if retrained is not None:
         scores = {**evaluate(experiment, params, ("valid",)), "test": retrained.scores["test"]}
         params = retrained.state.params
@@ -491,7 +495,8 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
              int(test["count"]), cold, loop["seconds"], summary["entries_per_sec"] / 1e6,
              experiment.compile_seconds)
     return TrainResult(state=state, history=history, summary=summary,
-                       experiment=experiment, scores=scores)
+                       experiment=experiment, scores=scores, params=params,
+                       selected_params=selected, retrained=retrained)
 
 
 def _agreed(decision: bool) -> bool:
