@@ -2,10 +2,11 @@
 
 Importing the package touches no device and loads JAX only when a JAX-backed name is first
 used (so `autorec_jax.data` works without it). The public API:
-  config        d2l(), tiny(), Config, DataConfig, ModelConfig, OptimConfig, TrainConfig,
-                replace()
+  config        d2l(), tiny(), paper(), honest(), Config, DataConfig, ModelConfig,
+                OptimConfig, TrainConfig, replace()
   a run         train_and_evaluate(config, out_dir, *, optimizer=, loss_fn=, grad_transform=,
-                entry_fields=) -> TrainResult (state, history, summary, experiment);
+                entry_fields=) -> TrainResult (state, history, summary, experiment, scores,
+                params, selected_params, retrained);
                 setup(...) -> (Experiment, TrainState);
                 run_epoch, evaluate(experiment, params)
   own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=),
@@ -35,7 +36,7 @@ used (so `autorec_jax.data` works without it). The public API:
 import importlib
 
 from autorec_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, d2l,
-                                replace, tiny)
+                                honest, paper, replace, tiny)
 from autorec_jax.errors import (AutoRecError, CheckpointError, ChecksumError, ConfigError,
                                 DataError, SourceUnavailableError, TrainingDivergedError,
                                 TrainingInterrupted)
@@ -78,5 +79,6 @@ def __getattr__(name):
 __all__ = sorted([
     "AutoRecError", "CheckpointError", "ChecksumError", "Config", "ConfigError",
     "DataConfig", "DataError", "ModelConfig", "OptimConfig", "SourceUnavailableError",
-    "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "replace", "tiny",
+    "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "honest", "paper",
+    "replace", "tiny",
     *_LAZY])

@@ -455,6 +455,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
            if "valid" in scores else {}),
         **coldstart.summary_fields(config.train.cold_start, scores),
         "epochs_run": loop["epoch"],
+        "protocol": protocol_record(config),
         "selection": ({"rule": "best validation RMSE" + (
                            ", early stopping" if config.train.early_stopping else ""),
                        "patience": config.train.early_stopping,
@@ -497,6 +498,24 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     return TrainResult(state=state, history=history, summary=summary,
                        experiment=experiment, scores=scores, params=params,
                        selected_params=selected, retrained=retrained)
+
+
+def protocol_record(config: Config) -> dict:
+    """How the reported test score was obtained: split, validation, selection, cold start."""
+    data, train = config.data, config.train
+    if config.selects_on_validation:
+        selection = "best validation RMSE" + (
+            f", early stopping (patience {train.early_stopping})" if train.early_stopping
+            else " over all epochs")
+    else:
+        selection = "none: the last epoch"
+    return {"split": data.split, "split_seed": config.split_seed,
+            **({"test_ratio": data.test_ratio} if data.split in ("random", "ratio") else {}),
+            "valid_ratio": data.valid_ratio, "selection": selection,
+            "retrained_on_train_and_valid": train.retrain, "cold_start": train.cold_start,
+            "test_scored": ("once, after selection" if config.selects_on_validation
+                            else f"every {train.eval_every} epoch(s); the last is reported"),
+            "clip_predictions": train.clip_predictions}
 
 
 def _agreed(decision: bool) -> bool:

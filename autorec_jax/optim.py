@@ -6,9 +6,10 @@ NamedTuple state), chained where the config puts them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from autorec_jax.config import OptimConfig
@@ -34,7 +35,7 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     elif config.optimizer == "rprop":
         # Per-weight step sizes adapted from gradient signs; lr is the initial step size,
         # and the update comes out already scaled (no learning-rate factor after it).
-        scale = optax.rprop(config.lr)
+        scale = scale_by_rprop(config.lr)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     parts = [scale]
@@ -45,6 +46,41 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     if config.optimizer != "rprop":
         parts.append(optax.scale_by_learning_rate(config.lr))
     return optax.chain(*parts)
+
+
+class RpropState(NamedTuple):
+    step_sizes: PyTree   # per-weight step size
+    prev_grads: PyTree   # last step's gradient (0 where its sign flipped)
+
+
+def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2,
+                   min_step_size: float = 1e-6, max_step_size: float = 50.0
+                   ) -> optax.GradientTransformation:
+    """iRprop- (as torch.optim.Rprop): each weight moves by its own step size against the
+    sign of its gradient; the step grows by eta_plus while the sign holds and shrinks by
+    eta_minus when it flips (that step then skips the weight). `learning_rate` is the
+    initial step size; the updates come out ready to add to the params.
+
+    Not `optax.scale_by_rprop`: in optax 0.2.8 it emits the previous step's update (its
+    first update is zero; google-deepmind/optax pull request 1725).
+    """
+    def init_fn(params):
+        return RpropState(jax.tree.map(lambda p: jnp.full_like(p, learning_rate), params),
+                          jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(grads, state, params=None):
+        del params
+        agree = jax.tree.map(lambda g, prev: jnp.sign(g * prev), grads, state.prev_grads)
+        steps = jax.tree.map(
+            lambda a, step: jnp.where(a > 0, jnp.minimum(step * eta_plus, max_step_size),
+                                      jnp.where(a < 0, jnp.maximum(step * eta_minus,
+                                                                   min_step_size), step)),
+            agree, state.step_sizes)
+        grads = jax.tree.map(lambda a, g: jnp.where(a < 0, 0.0, g), agree, grads)
+        updates = jax.tree.map(lambda g, step: -step * jnp.sign(g), grads, steps)
+        return updates, RpropState(steps, grads)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def encoder_decoder_labels(params: PyTree) -> PyTree:
