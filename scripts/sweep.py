@@ -3,7 +3,7 @@
 
   python scripts/sweep.py --grid hidden --seeds 0,1,2 --out runs/sweep
   python scripts/sweep.py --grid all --seeds 0,1,2 --out runs/sweep  # hidden, depth, activation
-  python scripts/sweep.py --grid paper --preset tiny --epochs 20       # the paper's lambda grid
+  python scripts/sweep.py --grid paper --preset paper --retrain false  # the paper's lambda grid
 
 Grids (autorec_jax/sweep.py GRIDS): hidden (10..1000 units), depth (1..4 hidden layers),
 activation (encoder x decoder), paper (lambda x hidden). Every run keeps its best-validation
@@ -12,7 +12,8 @@ appended to <out>/results.csv; <out>/<grid>.md and <grid>.png summarise each gri
 setting chosen by mean validation RMSE over seeds, never by test.
 
 The base config is --preset (default d2l) with the sweep's defaults --valid-ratio 0.1
---early-stopping 5 --epochs 60, then your flags (any flag of train.py, e.g. --lr 0.001).
+--early-stopping 5 --epochs 60 (not for presets that select on validation themselves: paper,
+honest), then your flags (any flag of train.py, e.g. --lr 0.001).
 Ctrl-C (or a kill) leaves results.csv whole; the same command resumes the grid. A folder
 holding a sweep of another base config is refused. Bad input exits 2 with one line.
 """
@@ -70,9 +71,21 @@ def _pick(sweep, grid: str, labels: str | None) -> list[dict]:
     return [by_label[label] for label in wanted]
 
 
+def _defaults(argv: list[str]) -> list[str]:
+    """SWEEP_DEFAULTS, unless --preset names a preset that selects on validation itself
+    (paper, honest): its own selection settings are kept then."""
+    from autorec_jax import config as config_lib
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--preset", default="d2l")
+    preset = probe.parse_known_args(argv)[0].preset
+    if preset in config_lib.PRESETS and config_lib.PRESETS[preset]().selects_on_validation:
+        return []
+    return list(SWEEP_DEFAULTS)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    config, args = parse_run_args(__doc__, SWEEP_DEFAULTS + list(argv), extra=EXTRA)
+    config, args = parse_run_args(__doc__, _defaults(argv) + list(argv), extra=EXTRA)
     from autorec_jax import sweep, sweep_report  # imports JAX
 
     # One line per finished run (the sweep's log), the runs' own epoch lines only on demand.
