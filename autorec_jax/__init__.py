@@ -26,6 +26,10 @@ used (so `autorec_jax.data` works without it). The public API:
   protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
                 train_fn=, **seams) -> ProtocolResult (table, test_rmse); compare(a, b)
                 (paired t of test RMSE, a - b)
+  ensembles     train_ensemble(configs, *, out_dir=, ratings=) -> EnsembleResult (summary,
+                runs, weights); predict_heldout(experiment, params, heldout) -> [R];
+                fit_blend(preds_MxR, targets_R) -> [M+1] (fit on validation only),
+                apply_blend(weights, preds_MxR)
   statistics    t_cdf, t_quantile, mean_ci(values), paired_t(a, b) (NumPy only)
   sweeps        run_grid(config, grid, seeds, out_dir) -> results (one row per run, resumable);
                 summarize_grid(results) -> per setting, best by validation RMSE
@@ -46,6 +50,8 @@ __version__ = "0.2.0"
 _LAZY_MODULES = {
     "autorec_jax.checkpoint": ("Run", "load_run"),
     "autorec_jax.coldstart": ("cold_mask", "fallback_values"),
+    "autorec_jax.ensemble": ("EnsembleResult", "apply_blend", "fit_blend", "predict_heldout",
+                             "train_ensemble"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),

@@ -289,7 +289,9 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     shuffle.bit_generator.state = loop["shuffle_state"]
     carry = np.asarray(loop["carry"], np.int32)
     scale = _rating_range(experiment.train)
-    epochs = range(loop["epoch"] + 1, config.train.epochs + 1)
+    # A resumed run that had stopped early is finished: it trains no further epoch.
+    last = loop["epoch"] if _stopped_early(loop, config) else config.train.epochs
+    epochs = range(loop["epoch"] + 1, last + 1)
     bar = tqdm.tqdm(epochs, unit="epoch", delay=2.0, leave=False) if progress else None
     scores, cadence = {}, policies.CheckpointCadence()
     for epoch in bar if bar is not None else epochs:
@@ -413,6 +415,12 @@ def _open_run(run_dir, experiment, state, best_params, loop, resume):
     best_params = tree[0].get("best_params")
     log.info("resuming %s after epoch %d", run_dir, epoch)
     return state, best_params, loop, run_folder.read_history(run_dir, epoch)
+
+
+def _stopped_early(loop: dict, config: Config) -> bool:
+    """Whether the (restored) loop had run out of early-stopping patience."""
+    patience = config.train.early_stopping
+    return bool(patience) and loop["best"] is not None and loop["bad_epochs"] >= patience
 
 
 def _checkpoint_tree(state, best_params) -> dict:

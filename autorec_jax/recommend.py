@@ -172,21 +172,40 @@ def predict_pairs(config: Config, params: PyTree, train: Ratings, user_ids_raw,
             if np.any(index < 0):
                 raise _unknown(kind, raw, index, hint)
     orientation = config.data.orientation
-    rows = row_matrix(train, orientation)
     known = (users >= 0) & (items >= 0)
     row, col = (items, users) if orientation == "item" else (users, items)
-    row, col = row[known], col[known]
+    out = np.full(len(users), np.nan if cold_start is None else cold_start, np.float32)
+    out[known] = predict_entries(config, params, row_matrix(train, orientation), row[known],
+                                 col[known])
+    return out
+
+
+def predict_entries(config: Config, params: PyTree, train_rows: RowMatrix, row_index,
+                    col_index) -> np.ndarray:
+    """The network's predictions at (row, col) entries of the training matrix.
+
+    Each needed row is reconstructed once, in inference mode, block by block (no dense
+    rows x cols matrix); clipped to the training rating range when configured.
+
+    Args:
+      config: the run's config.
+      params: the network's params.
+      train_rows: the run's training rows (`row_matrix(train, orientation)`).
+      row_index, col_index: int [P] entries (items, users for I-AutoRec).
+
+    Returns:
+      float32 [P].
+    """
+    row, col = np.asarray(row_index, np.int64), np.asarray(col_index, np.int64)
     needed, slot = np.unique(row, return_inverse=True)
     order = np.argsort(slot, kind="stable")
     sorted_slot = slot[order]
     values = np.zeros(len(row), np.float32)
-    for start, block in _blocks(config, params, rows, needed):
+    for start, block in _blocks(config, params, train_rows, needed):
         lo, hi = np.searchsorted(sorted_slot, [start, start + len(block)])
         pick = order[lo:hi]
         values[pick] = block[slot[pick] - start, col[pick]]
-    out = np.full(len(users), np.nan if cold_start is None else cold_start, np.float32)
-    out[known] = _clip(config, rows, values)
-    return out
+    return _clip(config, train_rows, values)
 
 
 def top_k(config: Config, params: PyTree, train: Ratings, user_raw_id, k: int = 10, *,

@@ -77,6 +77,17 @@ def test_resume_after_a_finished_run_rewrites_nothing_and_agrees(tmp_path, ratin
     assert len(metrics_lines(tmp_path)) == 3
 
 
+def test_resuming_an_early_stopped_run_trains_no_further_epoch(tmp_path, ratings):
+    config = workflow_config(early_stopping=2, epochs=40, lr=0.05, dropout=0.0,
+                             checkpoint_every=0)
+    first = ar.train_and_evaluate(config, tmp_path, ratings=ratings)
+    assert first.summary["selection"]["stopped_early"]
+    again = ar.train_and_evaluate(config, tmp_path, ratings=ratings, resume=True)
+    assert again.summary["epochs_run"] == first.summary["epochs_run"]
+    assert len(metrics_lines(tmp_path)) == first.summary["epochs_run"]
+    assert again.summary["selection"] == first.summary["selection"]
+
+
 def test_resume_with_another_config_or_a_damaged_checkpoint_is_refused(tmp_path, ratings):
     config = workflow_config(epochs=4)
     with pytest.raises(TrainingInterrupted):
