@@ -200,18 +200,6 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
             for name, data in experiment.heldout.items() if names is None or name in names}
 
 
-def epoch_record(epoch: int, step: int, metrics: dict, seconds: float, entries: int) -> dict:
-    """One metrics.jsonl record from an epoch's stacked step metrics (host arrays [S])."""
-    record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(metrics["loss"])),
-              "train_seconds": seconds, "entries_per_sec": entries / seconds}
-    for key, values in metrics.items():
-        if key.split("/")[0] in ("grad_norm", "update_norm", "param_norm"):
-            record[key] = float(values[-1])      # computed on the epoch's last step
-        elif key.startswith("train/"):
-            record[key] = float(np.mean(values))
-    return record
-
-
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
@@ -283,8 +271,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     history: list[dict] = []
     best_params = state.params if selecting else None
     if run_dir is not None:
-        state, best_params, loop, history = _open_run(run_dir, experiment, state, best_params,
-                                                      loop, resume)
+        state, best_params, loop, history = run_folder.open_run(
+            run_dir, experiment, state, best_params, loop, resume)
     shuffle = np.random.default_rng()
     shuffle.bit_generator.state = loop["shuffle_state"]
     carry = np.asarray(loop["carry"], np.int32)
@@ -306,7 +294,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         entries = int(np.sum(batches >= 0)) * experiment.row_width
         loop["seconds"] += seconds
         loop["entries"] += entries
-        record = epoch_record(epoch, sum(experiment.steps[:epoch]), metrics, seconds, entries)
+        record = reporting.epoch_record(epoch, sum(experiment.steps[:epoch]), metrics,
+                                        seconds, entries)
         history.append(record)
         try:
             policies.check_loss(metrics, epoch, sum(experiment.steps[:epoch - 1]), loop,
@@ -341,7 +330,7 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                 stop or interrupted or epoch == config.train.epochs
                 or cadence.due(epoch, config.train.checkpoint_every)):
             start = time.perf_counter()
-            checkpoint.save(save_dir, epoch, _checkpoint_tree(state, best_params), loop,
+            checkpoint.save(save_dir, epoch, run_folder.checkpoint_tree(state, best_params), loop,
                             keep=config.train.keep_checkpoints,
                             best_epoch=loop["best"]["epoch"] if loop["best"] else None)
             cadence.record(start, time.perf_counter())
@@ -386,48 +375,10 @@ def _retrain(config: Config, epochs: int, out_dir, *, resume: bool, **kwargs) ->
             f"{out_dir}" if out_dir is not None else str(interrupted)) from None
 
 
-def _open_run(run_dir, experiment, state, best_params, loop, resume):
-    """Records the run's identity and ids; on `resume`, restores its latest checkpoint."""
-    config = experiment.config
-    fingerprint = checkpoint.data_fingerprint(
-        *(np.asarray(a) for part in (experiment.train, experiment.valid, experiment.test)
-          for a in (part.users, part.items, part.ratings)))
-    tree_bytes = sum(x.nbytes for x in jax.tree.leaves(_checkpoint_tree(state, best_params)))
-    # The kept checkpoints, one being written, the model: refused now, not mid-run.
-    preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
-    epoch = checkpoint.latest(run_dir) if resume else None
-    if resume and (run_dir / "run.json").exists():
-        checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
-    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
-    ids = {"orientation": config.data.orientation,
-           "users": experiment.train.user_ids.tolist(),
-           "items": experiment.train.item_ids.tolist()}
-    reporting.write_json(run_dir / "ids.json", ids)
-    # Each checkpoint also carries the run's identity, so that it stands on its own.
-    identity = {"config": to_dict(config), "data_fingerprint": fingerprint, "ids": ids}
-    if epoch is None:
-        if resume:
-            log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
-        return state, best_params, {**loop, "run": identity}, []
-    tree = checkpoint.restore(run_dir, epoch, checkpoint.abstract(
-        _checkpoint_tree(state, best_params)))
-    state, loop = tree[0]["state"], {**tree[1], "run": identity}
-    best_params = tree[0].get("best_params")
-    log.info("resuming %s after epoch %d", run_dir, epoch)
-    return state, best_params, loop, run_folder.read_history(run_dir, epoch)
-
-
 def _stopped_early(loop: dict, config: Config) -> bool:
     """Whether the (restored) loop had run out of early-stopping patience."""
     patience = config.train.early_stopping
     return bool(patience) and loop["best"] is not None and loop["bad_epochs"] >= patience
-
-
-def _checkpoint_tree(state, best_params) -> dict:
-    tree = {"state": state}
-    if best_params is not None:
-        tree["best_params"] = best_params
-    return tree
 
 
 def _report(bar, record) -> None:
@@ -463,7 +414,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
            if "valid" in scores else {}),
         **coldstart.summary_fields(config.train.cold_start, scores),
         "epochs_run": loop["epoch"],
-        "protocol": protocol_record(config),
+        "protocol": reporting.protocol_record(config),
         "selection": ({"rule": "best validation RMSE" + (
                            ", early stopping" if config.train.early_stopping else ""),
                        "patience": config.train.early_stopping,
@@ -506,24 +457,6 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     return TrainResult(state=state, history=history, summary=summary,
                        experiment=experiment, scores=scores, params=params,
                        selected_params=selected, retrained=retrained)
-
-
-def protocol_record(config: Config) -> dict:
-    """How the reported test score was obtained: split, validation, selection, cold start."""
-    data, train = config.data, config.train
-    if config.selects_on_validation:
-        selection = "best validation RMSE" + (
-            f", early stopping (patience {train.early_stopping})" if train.early_stopping
-            else " over all epochs")
-    else:
-        selection = "none: the last epoch"
-    return {"split": data.split, "split_seed": config.split_seed,
-            **({"test_ratio": data.test_ratio} if data.split in ("random", "ratio") else {}),
-            "valid_ratio": data.valid_ratio, "selection": selection,
-            "retrained_on_train_and_valid": train.retrain, "cold_start": train.cold_start,
-            "test_scored": ("once, after selection" if config.selects_on_validation
-                            else f"every {train.eval_every} epoch(s); the last is reported"),
-            "clip_predictions": train.clip_predictions}
 
 
 def _agreed(decision: bool) -> bool:

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from autorec_jax.data.sources import atomic_write_bytes
 
@@ -70,3 +71,33 @@ def write_csv(path: Path, records: list[dict]) -> None:
         writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
                          for v in row])
     atomic_write_bytes(Path(path), buffer.getvalue().encode())
+
+
+def epoch_record(epoch: int, step: int, metrics: dict, seconds: float, entries: int) -> dict:
+    """One metrics.jsonl record from an epoch's stacked step metrics (host arrays [S])."""
+    record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(metrics["loss"])),
+              "train_seconds": seconds, "entries_per_sec": entries / seconds}
+    for key, values in metrics.items():
+        if key.split("/")[0] in ("grad_norm", "update_norm", "param_norm"):
+            record[key] = float(values[-1])      # computed on the epoch's last step
+        elif key.startswith("train/"):
+            record[key] = float(np.mean(values))
+    return record
+
+
+def protocol_record(config) -> dict:
+    """How the reported test score was obtained: split, validation, selection, cold start."""
+    data, train = config.data, config.train
+    if config.selects_on_validation:
+        selection = "best validation RMSE" + (
+            f", early stopping (patience {train.early_stopping})" if train.early_stopping
+            else " over all epochs")
+    else:
+        selection = "none: the last epoch"
+    return {"split": data.split, "split_seed": config.split_seed,
+            **({"test_ratio": data.test_ratio} if data.split in ("random", "ratio") else {}),
+            "valid_ratio": data.valid_ratio, "selection": selection,
+            "retrained_on_train_and_valid": train.retrain, "cold_start": train.cold_start,
+            "test_scored": ("once, after selection" if config.selects_on_validation
+                            else f"every {train.eval_every} epoch(s); the last is reported"),
+            "clip_predictions": train.clip_predictions}

@@ -9,11 +9,18 @@ Every file is written whole to a temp file and renamed (`reporting`).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
-from autorec_jax import preflight, reporting
+import jax
+import numpy as np
+
+from autorec_jax import checkpoint, preflight, reporting
+from autorec_jax.config import to_dict
 from autorec_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 OWNED = ("run.json", "ids.json", "metrics.jsonl", "metrics.csv", "summary.json",
          "checkpoints", "model", "curves.png", "retrain")
@@ -57,3 +64,43 @@ def write_history(run_dir: Path | None, history: list[dict]) -> None:
     if run_dir is not None:
         reporting.write_jsonl(Path(run_dir) / "metrics.jsonl", history)
         reporting.write_csv(Path(run_dir) / "metrics.csv", history)
+
+
+def open_run(run_dir, experiment, state, best_params, loop, resume):
+    """Records the run's identity and ids in `run_dir`; on `resume`, restores its latest
+    checkpoint: returns (state, best_params, loop, history) to continue from."""
+    config = experiment.config
+    fingerprint = checkpoint.data_fingerprint(
+        *(np.asarray(a) for part in (experiment.train, experiment.valid, experiment.test)
+          for a in (part.users, part.items, part.ratings)))
+    tree_bytes = sum(x.nbytes for x in jax.tree.leaves(checkpoint_tree(state, best_params)))
+    # The kept checkpoints, one being written, the model: refused now, not mid-run.
+    preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
+    epoch = checkpoint.latest(run_dir) if resume else None
+    if resume and (run_dir / "run.json").exists():
+        checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
+    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
+    ids = {"orientation": config.data.orientation,
+           "users": experiment.train.user_ids.tolist(),
+           "items": experiment.train.item_ids.tolist()}
+    reporting.write_json(run_dir / "ids.json", ids)
+    # Each checkpoint also carries the run's identity, so that it stands on its own.
+    identity = {"config": to_dict(config), "data_fingerprint": fingerprint, "ids": ids}
+    if epoch is None:
+        if resume:
+            log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
+        return state, best_params, {**loop, "run": identity}, []
+    tree = checkpoint.restore(run_dir, epoch, checkpoint.abstract(
+        checkpoint_tree(state, best_params)))
+    state, loop = tree[0]["state"], {**tree[1], "run": identity}
+    best_params = tree[0].get("best_params")
+    log.info("resuming %s after epoch %d", run_dir, epoch)
+    return state, best_params, loop, read_history(run_dir, epoch)
+
+
+def checkpoint_tree(state, best_params) -> dict:
+    """What a checkpoint holds: the train state, and the best params while selecting."""
+    tree = {"state": state}
+    if best_params is not None:
+        tree["best_params"] = best_params
+    return tree
