@@ -27,8 +27,8 @@ import numpy as np
 from orbax.checkpoint import v1 as ocp
 
 from autorec_jax import reporting
-from autorec_jax.config import Config, config_from_dict
-from autorec_jax.errors import AutoRecError, CheckpointError
+from autorec_jax.config import Config, config_from_dict, to_dict
+from autorec_jax.errors import AutoRecError, CheckpointError, ConfigError
 from autorec_jax.model import create_model, init_params
 
 PyTree = Any
@@ -155,7 +155,13 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
         field ("group.field"), or saying that the data differ.
     """
     stored = _read_json(Path(run_dir) / "run.json")
-    old, new = _flatten(stored.get("config", {})), _flatten(json.loads(json.dumps(config_dict)))
+    stored_config = stored.get("config", {})
+    try:
+        # A run recorded before a field existed ran with what is now its default.
+        stored_config = json.loads(json.dumps(to_dict(config_from_dict(stored_config))))
+    except (ConfigError, TypeError):
+        pass  # a field that no longer exists: compared as recorded, and named below
+    old, new = _flatten(stored_config), _flatten(json.loads(json.dumps(config_dict)))
     for field in dict.fromkeys([*old, *new]):
         was, now = old.get(field, "<absent>"), new.get(field, "<absent>")
         if was != now and field not in MAY_DIFFER_ON_RESUME:

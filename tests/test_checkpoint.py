@@ -231,6 +231,21 @@ def test_run_identity_refuses_another_config_or_other_data(tmp_path):
                                       fingerprint)
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_with_its_default(tmp_path):
+    config = config_lib.tiny()
+    recorded = config_lib.to_dict(config)
+    del recorded["train"]["cold_start"], recorded["model"]["input_dropout"]
+    checkpoint.write_run_identity(tmp_path, recorded, "f")
+    checkpoint.check_run_identity(tmp_path, config_lib.to_dict(config), "f")
+    with pytest.raises(CheckpointError, match="train.cold_start was 'network', now '3'"):
+        checkpoint.check_run_identity(
+            tmp_path, config_lib.to_dict(config_lib.replace(config, cold_start="3")), "f")
+    recorded["train"]["retired_field"] = 1
+    checkpoint.write_run_identity(tmp_path, recorded, "f")
+    with pytest.raises(CheckpointError, match="train.retired_field was 1"):
+        checkpoint.check_run_identity(tmp_path, config_lib.to_dict(config), "f")
+
+
 def test_data_fingerprint_sees_values_shapes_and_dtypes():
     a = np.arange(6, dtype=np.int32)
     prints = {checkpoint.data_fingerprint(a), checkpoint.data_fingerprint(a.reshape(2, 3)),
