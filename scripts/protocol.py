@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for row in result.table.itertuples():
         print(f"{row.label}: test RMSE {row.test_rmse:.4f}  MAE {row.test_mae:.4f}  "
-              f"({row.split}, seed {row.seed}, best epoch {row.best_epoch})")
+              f"({row.split}, seed {row.seed}, "
+              f"{'best' if 'valid_rmse' in result.table else 'last'} epoch {row.best_epoch})")
     print(protocol.format_mean_ci(result.test_rmse))
     return 0
 
