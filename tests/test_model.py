@@ -148,3 +148,25 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_loss():
     floats = [x for x in jax.tree.leaves((new.params, new.opt_state))
               if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.7])
+def test_input_dropout_drops_observed_inputs_while_training_only(rate):
+    """Identity layers make the output the (dropped, rescaled) input itself."""
+    n = 4000
+    model = AutoRec(num_outputs=n, hidden=(n,), activation="identity", dropout=0.0,
+                    input_dropout=rate)
+    eye = jnp.eye(n)
+    params = {"hidden_0": {"kernel": eye, "bias": jnp.zeros(n)},
+              "output": {"kernel": eye, "bias": jnp.zeros(n)}}
+    ratings = np.zeros((1, n), np.float32)
+    ratings[0, ::2] = 4.0  # half observed
+    pred = np.asarray(model.apply({"params": params}, jnp.asarray(ratings), train=True,
+                                  rngs={"dropout": jax.random.key(3)}))[0]
+    observed = ratings[0] != 0
+    assert np.all(pred[~observed] == 0)
+    kept = pred[observed] != 0
+    assert abs(1 - kept.mean() - rate) < 0.04
+    np.testing.assert_allclose(pred[observed][kept], 4.0 / (1 - rate), rtol=1e-6)
+    evaluated = model.apply({"params": params}, jnp.asarray(ratings), train=False)
+    np.testing.assert_array_equal(np.asarray(evaluated), ratings)
