@@ -190,3 +190,25 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
     return config, args
+
+
+def run_main(prog: str, body, *, interrupted: str = "interrupted; run it again to continue"
+             ) -> int:
+    """Runs a script's `body() -> int`, turning what a user can act on into one stderr line
+    and an exit status: ConfigError 2, TrainingInterrupted 130 (its own message), any other
+    AutoRecError or OSError 1, Ctrl-C 130 (`interrupted`)."""
+    from autorec_jax.errors import AutoRecError, TrainingInterrupted
+    try:
+        return body()
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 130
+    except (AutoRecError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import config_from_flag_string, parse_run_args  # noqa: E402
-from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+from autorec_jax.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
+from autorec_jax.errors import ConfigError  # noqa: E402
 
 PROG = "compare.py"
 EXTRA = {
@@ -57,24 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     _, args = parse_run_args(__doc__, argv, extra=EXTRA)
     from autorec_jax import protocol
 
-    try:
+    def body() -> int:
         table_a, table_b = _tables(args)
         result = protocol.compare(table_a, table_b)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except (AutoRecError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
-        return 130
-    values_b = table_b.set_index("label")["test_rmse"]
-    for label, value in zip(table_a["label"], table_a["test_rmse"]):
-        print(f"{label}: a {value:.4f}  b {values_b[label]:.4f}  "
-              f"a - b {value - values_b[label]:+.4f}")
-    print("\n".join(protocol.format_comparison(result)))
-    return 0
+        values_b = table_b.set_index("label")["test_rmse"]
+        for label, value in zip(table_a["label"], table_a["test_rmse"]):
+            print(f"{label}: a {value:.4f}  b {values_b[label]:.4f}  "
+                  f"a - b {value - values_b[label]:+.4f}")
+        print("\n".join(protocol.format_comparison(result)))
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import config_from_flag_string, parse_run_args  # noqa: E402
+from autorec_jax.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
 from autorec_jax.config import replace  # noqa: E402
-from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+from autorec_jax.errors import ConfigError  # noqa: E402
 
 PROG = "ensemble.py"
 # What a member gets when it selects nothing on validation (see the docstring).
@@ -92,20 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     base, args = parse_run_args(__doc__, argv, extra=EXTRA)
     from autorec_jax import ensemble  # imports JAX
 
-    try:
+    def body() -> int:
         result = ensemble.train_ensemble(member_configs(base, args), out_dir=args.out,
                                          progress=sys.stdout.isatty() and not args.quiet)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except (AutoRecError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
-        return 130
-    print("\n".join(ensemble.format_lines(result.summary)))
-    return 0
+        print("\n".join(ensemble.format_lines(result.summary)))
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args  # noqa: E402
-from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
 
 PROG = "protocol.py"
 EXTRA = {"--splits": dict(default="book:0-4",
@@ -33,25 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     config, args = parse_run_args(__doc__, argv, extra=EXTRA)
     from autorec_jax import protocol  # imports JAX's backends lazily
 
-    try:
+    def body() -> int:
         plan = protocol.split_plan(args.splits, config)
         result = protocol.run_protocol(config, plan, args.out)
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except (AutoRecError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run it again with the same flags to continue",
-              file=sys.stderr)
-        return 130
-    for row in result.table.itertuples():
-        print(f"{row.label}: test RMSE {row.test_rmse:.4f}  MAE {row.test_mae:.4f}  "
-              f"({row.split}, seed {row.seed}, "
-              f"{'best' if 'valid_rmse' in result.table else 'last'} epoch {row.best_epoch})")
-    print(protocol.format_mean_ci(result.test_rmse))
-    return 0
+        for row in result.table.itertuples():
+            epoch = "best" if "valid_rmse" in result.table else "last"
+            print(f"{row.label}: test RMSE {row.test_rmse:.4f}  MAE {row.test_mae:.4f}  "
+                  f"({row.split}, seed {row.seed}, {epoch} epoch {row.best_epoch})")
+        print(protocol.format_mean_ci(result.test_rmse))
+        return 0
+
+    return run_main(PROG, body, interrupted="interrupted; run it again with the same flags "
+                    "to continue")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args  # noqa: E402
-from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
+from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
+from autorec_jax.errors import ConfigError  # noqa: E402
 
 PROG = "sweep.py"
 DEFAULT_OUT = "runs/sweep"
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(sweep.GRIDS)}, all", file=sys.stderr)
         return 2
     grids = list(sweep.BOOK_GRIDS) if args.grid == "all" else [args.grid]
-    try:
+
+    def body() -> int:
         # Every grid's every run is checked before the first one starts.
         settings = {grid: _pick(sweep, grid, args.settings) for grid in grids}
         for grid in grids:
@@ -110,17 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             for row in best.itertuples():
                 print(f"{grid}: best by validation {row.setting} (valid {row.valid_rmse_mean:.4f}"
                       f", test {row.test_rmse_mean:.4f}, n {row.n}); {md}, {png}", flush=True)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; {out / sweep.RESULTS_FILE} holds every finished run, "
-              "the same command resumes", file=sys.stderr)
-        return 130
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except (AutoRecError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_main(PROG, body, interrupted=f"interrupted; {out / sweep.RESULTS_FILE} holds "
+                    "every finished run, the same command resumes")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args  # noqa: E402
-from autorec_jax.errors import AutoRecError, ConfigError, TrainingInterrupted  # noqa: E402
+from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
 
 PROG = "train.py"
 EXTRA = {
@@ -68,25 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     from autorec_jax.experiment import train_and_evaluate  # imports JAX's backends lazily
     from autorec_jax.parallel import initialize_distributed
 
-    try:
+    def body() -> int:
         # Before any device is touched; nothing happens without a coordinator address.
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
         result = train_and_evaluate(
             config, args.out, resume=args.resume, overwrite=args.overwrite,
             progress=sys.stdout.isatty() and not args.quiet,
             stop_requested=lambda: stop.requested)
-    except TrainingInterrupted as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return 130
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except (AutoRecError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    if args.quiet and result.summary.get("process_index", 0) == 0:
-        print(f"test RMSE {result.summary['test_rmse']:.4f}")
-    return 0
+        if args.quiet and result.summary.get("process_index", 0) == 0:
+            print(f"test RMSE {result.summary['test_rmse']:.4f}")
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

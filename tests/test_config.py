@@ -111,7 +111,8 @@ def test_flags_not_given_keep_the_preset():
 
 def test_flag_with_impossible_value_raises_config_error():
     with pytest.raises(ConfigError, match="train.batch_size"):
-        _parse(["--batch-size", "0"])
+        _parse(["--batch-size", "-1"])
+    assert _parse(["--batch-size", "0"]).train.batch_size == 0  # full batch
 
 
 def test_unknown_flag_and_unparsable_value_exit_with_status_2():
