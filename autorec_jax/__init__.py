@@ -15,7 +15,8 @@ used (so `autorec_jax.data` works without it). The public API:
                 layer_norms, TrainState, StepKeys
   loss seam     LossTerms, ModelOutputs, reconstruction_loss, masked_sse, loss_denominator,
                 observed_mask
-  optimiser     create_optimizer(optim_config), encoder_decoder_labels(params)
+  optimiser     create_optimizer(optim_config), encoder_decoder_labels(params),
+                scale_by_rprop(initial_step) (iRprop-)
   research      per_row_grads(state, batch, rng, *, config, loss_fn=)
   model         AutoRec (forward / encode / decode), create_model, init_params
   evaluator     eval_block, eval_blocks, summarize
@@ -64,7 +65,7 @@ _LAZY_MODULES = {
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
-    "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels"),
+    "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),
     "autorec_jax.parallel": ("Parallel",),
     "autorec_jax.research": ("per_row_grads",),
     "autorec_jax.stats": ("mean_ci", "paired_t", "t_cdf", "t_quantile"),
