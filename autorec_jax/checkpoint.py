@@ -27,7 +27,7 @@ import numpy as np
 from orbax.checkpoint import v1 as ocp
 
 from autorec_jax import reporting
-from autorec_jax.config import Config, config_from_dict, to_dict
+from autorec_jax.config import Config, config_from_dict, flatten, to_dict
 from autorec_jax.errors import AutoRecError, CheckpointError, ConfigError
 from autorec_jax.model import create_model, init_params
 
@@ -161,7 +161,7 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
         stored_config = json.loads(json.dumps(to_dict(config_from_dict(stored_config))))
     except (ConfigError, TypeError):
         pass  # a field that no longer exists: compared as recorded, and named below
-    old, new = _flatten(stored_config), _flatten(json.loads(json.dumps(config_dict)))
+    old, new = flatten(stored_config), flatten(json.loads(json.dumps(config_dict)))
     for field in dict.fromkeys([*old, *new]):
         was, now = old.get(field, "<absent>"), new.get(field, "<absent>")
         if was != now and field not in MAY_DIFFER_ON_RESUME:
@@ -368,16 +368,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return data
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _fsync_dir(path: Path) -> None:

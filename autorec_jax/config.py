@@ -346,6 +346,19 @@ def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested dict (a config's `to_dict`, or JSON read back) keyed by dotted path:
+    {"model": {"hidden": (500,)}} -> {"model.hidden": [500]}, tuples as lists, so that a
+    config in memory and one read from JSON compare equal field by field."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def config_from_dict(data: dict) -> Config:
     """The inverse of `to_dict`, also after a JSON round trip (lists become tuples again).
 

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import pandas as pd
 
 from autorec_jax import preflight, reporting, stats
-from autorec_jax.config import SEED_LIMIT, Config, replace, to_dict
+from autorec_jax.config import SEED_LIMIT, Config, flatten, replace, to_dict
 from autorec_jax.data.sources import atomic_write_bytes
 from autorec_jax.errors import ConfigError
 from autorec_jax.experiment import train_and_evaluate
@@ -244,18 +244,10 @@ def _seam_names(seams: dict) -> dict:
             for name, value in sorted(seams.items()) if value is not None}
 
 
-def _flat(obj, prefix=""):
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _flat(value, f"{prefix}{key}.")
-    else:
-        yield prefix.rstrip("."), obj
-
-
 def _check_same(first: dict, second: dict, message: str, *, there: str = "there",
                 here: str = "this protocol", hint: str = "") -> None:
     """Raises ConfigError(message) naming the (first 3) fields in which the dicts differ."""
-    a, b = dict(_flat(first)), dict(_flat(second))
+    a, b = flatten(first), flatten(second)
     diffs = [f"{k}: {a.get(k)!r} {there}, {b.get(k)!r} in {here}"
              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diffs:

@@ -127,9 +127,9 @@ def claim_out_dir(out_dir: str | Path, base: Config) -> None:
       ConfigError: `out_dir` holds a sweep of another base config (the fields that differ).
     """
     path = Path(out_dir) / BASE_FILE
-    mine = _flat(base_identity(base))
+    mine = config_lib.flatten(base_identity(base))
     if path.exists():
-        theirs = _flat(json.loads(path.read_text(encoding="utf-8")))
+        theirs = config_lib.flatten(json.loads(path.read_text(encoding="utf-8")))
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here"
@@ -245,14 +245,3 @@ def summarize_grid(results: pd.DataFrame) -> pd.DataFrame:
         if len(valid):
             summary.loc[valid.idxmin(), "best"] = True
     return summary
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"model": {"hidden": [500]}} -> {"model.hidden": [500]} (tuples as lists)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
-    return flat

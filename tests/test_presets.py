@@ -37,13 +37,12 @@ def test_paper_preset_steps_rprop_on_the_papers_objective(mode):
     after, _ = step(state, {"ratings": jnp.asarray(dense)}, jax.random.key(1))
     # RProp's first step moves every weight by its initial step size against the sign of
     # the full-batch gradient: biases are not decayed, kernels are.
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        old = before
-        new = jax.device_get(after.params)
-        for key in path:
-            old, new = old[key.key], new[key.key]
-        np.testing.assert_allclose(np.asarray(new) - old, -config.optim.lr * np.sign(g),
-                                   atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    moved = jax.tree.map(lambda new, old: np.asarray(new) - old,
+                         jax.device_get(after.params), before)
+    for (path, step_taken), g in zip(jax.tree_util.tree_leaves_with_path(moved),
+                                     jax.tree.leaves(grads)):
+        np.testing.assert_allclose(step_taken, -config.optim.lr * np.sign(g), atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_paper_preset_objective_is_sse_plus_l2_on_weights_only():
