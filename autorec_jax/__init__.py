@@ -18,7 +18,9 @@ used (so `autorec_jax.data` works without it). The public API:
   optimiser     create_optimizer(optim_config), encoder_decoder_labels(params),
                 scale_by_rprop(initial_step) (iRprop-)
   research      per_row_grads(state, batch, rng, *, config, loss_fn=)
-  model         AutoRec (forward / encode / decode), create_model, init_params
+  model         AutoRec (forward / encode / decode), create_model, init_params,
+                low_precision_matmul(x, kernel, dtype=bf16) (bf16 inputs, float32 products,
+                forward and backward)
   evaluator     eval_block, eval_blocks, summarize
   cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
@@ -65,6 +67,7 @@ _LAZY_MODULES = {
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
+    "autorec_jax.mixed_precision": ("low_precision_matmul",),
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),
     "autorec_jax.parallel": ("Parallel",),
     "autorec_jax.research": ("per_row_grads",),

@@ -145,9 +145,10 @@ class ModelConfig:
                                        # the book's numbers on any device), "high", "default"
                                        # (fastest: one bf16 pass on TPU, TF32 on recent GPUs);
                                        # the CPU ignores it
-    compute_dtype: str = "float32"     # dtype of the layers' matmuls and activations:
-                                       # "float32" or "bfloat16" (params, optimiser state,
-                                       # accumulation and the loss stay float32)
+    compute_dtype: str = "float32"     # dtype of the layers' matmul inputs, forward and
+                                       # backward: "float32" or "bfloat16" (params, grads,
+                                       # optimiser state, activations, accumulation and the
+                                       # loss stay float32)
 
     def __post_init__(self):
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from autorec_jax.config import ModelConfig
+from autorec_jax.mixed_precision import low_precision_matmul
 
 PyTree = Any
 
@@ -54,9 +55,10 @@ class AutoRec(nn.Module):
         "default" a TPU multiplies float32 in one bf16 pass (recent GPUs: TF32), so results
         differ from the CPU's; "highest" keeps float32. Backward matmuls inherit it. The CPU
         ignores it.
-      compute_dtype: "float32" or "bfloat16": the dtype of the matmul inputs and the
-        activations (mixed precision); params stay float32 and the reconstruction comes
-        back float32, so the loss and its sums are float32.
+      compute_dtype: "float32" or "bfloat16": the dtype of the matmul inputs, forward and
+        backward (mixed precision, `mixed_precision.low_precision_matmul`); params, their
+        gradients, activations and the reconstruction stay float32 (products accumulate in
+        float32), so the loss and its sums are float32.
     """
 
     num_outputs: int
@@ -73,12 +75,12 @@ class AutoRec(nn.Module):
     def setup(self):
         kernel_init = nn.initializers.normal(stddev=self.init_std)
         dense = dict(kernel_init=kernel_init, precision=jax.lax.Precision(self.matmul_precision),
-                     dtype=jnp.dtype(self.compute_dtype), param_dtype=jnp.float32)
+                     dtype=jnp.float32, param_dtype=jnp.float32)
         if self.compute_dtype != "float32":
-            # Low-precision inputs, float32 products: the matmul's fast path on CPUs with
-            # AVX512-BF16 (2x float32 here, while a bf16-output dot is not faster).
-            dense["dot_general"] = functools.partial(jax.lax.dot_general,
-                                                     preferred_element_type=jnp.float32)
+            # Low-precision matmul inputs, float32 products, in the forward and backward
+            # passes (`mixed_precision`); float32 gradients, activations and outputs.
+            dense["dot_general"] = functools.partial(_low_precision_dot_general,
+                                                     dtype=jnp.dtype(self.compute_dtype))
         # Attribute names are the parameter names (hidden_0, ..., output).
         for i, width in enumerate(self.hidden):
             setattr(self, f"hidden_{i}", nn.Dense(width, **dense))
@@ -124,7 +126,7 @@ class AutoRec(nn.Module):
             # ratings it does not see, as at evaluation.
             ratings_BxN = hash_dropout(ratings_BxN, self.input_dropout,
                                        self.make_rng("dropout"), row_ids)
-        hidden_BxH, activations = ratings_BxN.astype(self.compute_dtype), []
+        hidden_BxH, activations = ratings_BxN, []
         for i in range(len(self.hidden)):
             hidden_BxH = ACTIVATIONS[self.activation](getattr(self, f"hidden_{i}")(hidden_BxH))
             activations.append(hidden_BxH)
@@ -135,6 +137,14 @@ class AutoRec(nn.Module):
                     hidden_BxH = hash_dropout(hidden_BxH, self.dropout,
                                               self.make_rng("dropout"), row_ids)
         return hidden_BxH, tuple(activations)
+
+
+def _low_precision_dot_general(lhs, rhs, dimension_numbers, precision=None, *, dtype):
+    """nn.Dense's matmul as `low_precision_matmul` (its precision does not apply)."""
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or lhs.ndim != 2:
+        raise ValueError(f"low-precision matmul takes [B, K] . [K, N], got {lhs.shape} . "
+                         f"{rhs.shape} with {dimension_numbers}")
+    return low_precision_matmul(lhs, rhs, dtype)
 
 
 def _mix32(x: jax.Array) -> jax.Array:

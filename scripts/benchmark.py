@@ -23,8 +23,8 @@ Measures (each repeated, reported as median [min, max]):
              mode, dtype and orientation; each cell runs in its own process (its peak RSS,
              or the accelerator's peak bytes). ML-100K: steady-state epochs, repeated; the
              large shapes: one epoch and one evaluation each.
-  --precision  float32 vs bfloat16 at the book's step shape: the whole epoch and its pieces
-             (the step's matmuls alone, parameter casts, Adam), each repeated
+  --precision  float32 vs bfloat16 epochs at batch 256 and full batch, and their pieces
+             (the layers' forward + backward three ways, bare matmuls, transposes, Adam)
 Take timings while nothing else runs on the machine.
 """
 
@@ -264,13 +264,14 @@ def interleaved_epochs(configs: dict, ratings, repeats: int, epochs: int = 5) ->
         experiment, state, shuffle, carry = runs[name]
         batches, carry = batching.epoch_batches(
             shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
-            experiment.config.train.batch_size, experiment.config.train.last_batch)
+            experiment.batch_size, experiment.config.train.last_batch)
         state, _ = run_epoch(experiment, state, batches)
         runs[name][1:] = [state, shuffle, carry]
         return len(batches), int(np.sum(batches >= 0)) * experiment.row_width
 
-    for name in runs:  # warm-up and compile
-        epoch(name)
+    for name in runs:  # warm-up and compile (rollover epochs alternate two step counts)
+        for _ in range(3):
+            epoch(name)
     out = {name: {"step": [], "rate": []} for name in runs}
     for _ in range(repeats):
         for name in runs:
@@ -286,28 +287,33 @@ def interleaved_epochs(configs: dict, ratings, repeats: int, epochs: int = 5) ->
 
 
 def precision_breakdown(repeats: int) -> dict:
-    """float32 vs bfloat16 at the book's step shape (256 x 943 x 500): the whole epoch and
-    its pieces, in this process, each as median [min, max] of `repeats`."""
+    """float32 vs bfloat16 epochs of the book's recipe (batch 256) and of full batches (1682
+    rows), and the pieces that bound the ratio, each as median [min, max] of `repeats`:
+
+    - layers: the two layers' forward + backward (a masked square loss), float32; bf16 with
+      JAX's own derivative (XLA:CPU runs its backward dots in float32); bf16 through
+      `mixed_precision.low_precision_matmul` (what `--compute-dtype bfloat16` runs);
+    - matmul: one plain [B, 943] . [943, 500] matmul, float32 vs bf16 inputs with float32
+      products: the most bf16 can gain on this CPU;
+    - transposes: the gather that feeds the bf16 backward dots; adam: one optimiser update.
+    """
     import optax
     from autorec_jax.data import movielens
+    from autorec_jax.mixed_precision import _transposed, low_precision_matmul
     ratings = movielens.load("ml-100k")
-    config = config_lib.replace(config_lib.d2l(), parallel="jit")
-    epochs = interleaved_epochs({dtype: config_lib.replace(config, compute_dtype=dtype)
-                                 for dtype in ("float32", "bfloat16")}, ratings, repeats)
-    b, n, h = config.train.batch_size, 943, 500
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = jnp.where(jax.random.uniform(keys[0], (b, n)) < 0.06, 3.0, 0.0)
-    v = jax.random.normal(keys[1], (n, h)) * 0.01
-    w = jax.random.normal(keys[2], (h, n)) * 0.01
-    d = jax.random.normal(keys[3], (b, n))
-
-    def matmuls(x, v, w, d, acc=None):  # the step's four big ones (H-sized ones aside)
-        def mm(a, b):
-            return jnp.matmul(a, b, preferred_element_type=acc)
-        hid = mm(x, v)
-        dh = mm(d, w.T)
-        return mm(hid.astype(x.dtype), w), dh, mm(hid.astype(x.dtype).T, d), mm(
-            x.T, dh.astype(x.dtype))
+    n, h = 943, 500
+    out: dict = {"step_seconds": {}, "entries_per_sec": {}, "bf16_speedup": {},
+                 "pieces_seconds": {}}
+    for label, batch_size in (("batch_256", 256), ("full_batch", 0)):
+        config = config_lib.replace(config_lib.d2l(), parallel="jit", batch_size=batch_size,
+                                    last_batch="pad")
+        epochs = interleaved_epochs({dtype: config_lib.replace(config, compute_dtype=dtype)
+                                     for dtype in ("float32", "bfloat16")}, ratings, repeats)
+        steps = {k: e["step_seconds"] for k, e in epochs.items()}
+        out["step_seconds"][label] = steps
+        out["entries_per_sec"][label] = {k: e["entries_per_sec"] for k, e in epochs.items()}
+        out["bf16_speedup"][label] = spread([a / b for a, b in zip(
+            steps["float32"]["runs"], steps["bfloat16"]["runs"])])
 
     def per_call(fn, *a, calls=20):
         jax.block_until_ready(fn(*a))
@@ -315,21 +321,35 @@ def precision_breakdown(repeats: int) -> dict:
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(calls):
-                out = fn(*a)
-            jax.block_until_ready(out)
+                result = fn(*a)
+            jax.block_until_ready(result)
             times.append((time.perf_counter() - start) / calls)
         return spread(times)
 
-    pieces = {}
-    for dtype, acc, name in ((jnp.float32, None, "float32"), (jnp.bfloat16, None, "bfloat16"),
-                             (jnp.bfloat16, jnp.float32, "bfloat16_f32_products")):
-        mm = jax.jit(functools.partial(matmuls, acc=acc))
-        pieces[f"matmuls_{name}"] = per_call(mm, *(a.astype(dtype) for a in (x, v, w, d)))
-    pieces["casts_params_and_grads"] = per_call(jax.jit(lambda v, w: (
-        v.astype(jnp.bfloat16).astype(jnp.float32), w.astype(jnp.bfloat16).astype(
-            jnp.float32))), v, w)
-    pieces["casts_batch_BxN"] = per_call(jax.jit(lambda x, d: (
-        x.astype(jnp.bfloat16), d.astype(jnp.bfloat16).astype(jnp.float32))), x, d)
+    def naive_bf16(x, k):
+        return jax.lax.dot_general(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                                   (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    v = jax.random.normal(keys[1], (n, h)) * 0.01
+    w = jax.random.normal(keys[2], (h, n)) * 0.01
+    pieces = out["pieces_seconds"]
+    for b in (256, 1682):
+        x = jnp.where(jax.random.uniform(keys[0], (b, n)) < 0.06, 3.0, 0.0)
+        for name, matmul in (("float32", jnp.matmul), ("bf16_jax_derivative", naive_bf16),
+                             ("bf16_low_precision_matmul", low_precision_matmul)):
+            def loss(v, w, x, matmul=matmul):
+                pred = matmul(jax.nn.sigmoid(matmul(x, v)), w)
+                return jnp.sum(jnp.where(x != 0, pred - x, 0.0) ** 2)
+            pieces[f"B{b}_layers_{name}"] = per_call(
+                jax.jit(jax.grad(loss, argnums=(0, 1))), v, w, x)
+        pieces[f"B{b}_matmul_float32"] = per_call(jax.jit(jnp.matmul), x, v)
+        pieces[f"B{b}_matmul_bf16"] = per_call(jax.jit(functools.partial(
+            jax.lax.dot_general, dimension_numbers=(((1,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32)), x.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+        pieces[f"B{b}_transpose_batch"] = per_call(jax.jit(_transposed),
+                                                   x.astype(jnp.bfloat16))
+    pieces["transpose_kernel"] = per_call(jax.jit(_transposed), w.astype(jnp.bfloat16))
     opt = optax.adam(1e-3)
     params = {"v": v, "w": w, "b": jnp.zeros(n), "mu": jnp.zeros(h)}
 
@@ -337,11 +357,7 @@ def precision_breakdown(repeats: int) -> dict:
         updates, s = opt.update(g, s, p)
         return optax.apply_updates(p, updates), s
     pieces["adam_update"] = per_call(jax.jit(adam), params, opt.init(params), params)
-    steps = {k: e["step_seconds"] for k, e in epochs.items()}
-    ratios = [a / b for a, b in zip(steps["float32"]["runs"], steps["bfloat16"]["runs"])]
-    return {"step_seconds": steps, "bf16_speedup": spread(ratios),
-            "entries_per_sec": {k: e["entries_per_sec"] for k, e in epochs.items()},
-            "pieces_seconds": pieces}
+    return out
 
 
 def fmt(s: dict, scale: float = 1.0, digits: int = 2) -> str:
@@ -378,12 +394,14 @@ def main(argv=None) -> int:
         if args.precision:
             p = results["precision"] = precision_breakdown(args.repeats)
             print(f"median [min, max] over {args.repeats} repeats, same process")
-            for dtype, s in p["step_seconds"].items():
-                print(f"step {dtype:<9} {fmt(s, 1e3, 3)} ms   entries/s "
-                      f"{fmt(p['entries_per_sec'][dtype], 1e-6, 1)} M")
-            print(f"bf16 speed-up (f32 step / bf16 step) {fmt(p['bf16_speedup'], 1, 3)}")
+            for label, steps in p["step_seconds"].items():
+                for dtype, s in steps.items():
+                    print(f"{label:<10} step {dtype:<9} {fmt(s, 1e3, 3)} ms   entries/s "
+                          f"{fmt(p['entries_per_sec'][label][dtype], 1e-6, 1)} M")
+                print(f"{label:<10} bf16 speed-up (f32 step / bf16 step) "
+                      f"{fmt(p['bf16_speedup'][label], 1, 3)}")
             for name, s in p["pieces_seconds"].items():
-                print(f"  {name:<28} {fmt(s, 1e3, 3)} ms")
+                print(f"  {name:<36} {fmt(s, 1e3, 3)} ms")
         if args.scale:
             results["scale"] = scale_table(args)
         out = Path(args.json)
