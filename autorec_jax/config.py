@@ -94,6 +94,8 @@ class DataConfig:
     leave_last: int = 1            # "leave-last": test ratings per user
     split_seed: int | None = None  # seed of the split draws; None: use Config.seed
     orientation: str = "item"      # "item": I-AutoRec, rows are items; "user": U-AutoRec
+    parts: str | None = None       # a folder of row parts (scripts/data.py parts) to train
+                                   # on instead: each process loads only its devices' parts
 
     def __post_init__(self):
         _check_choice(self.dataset, "data.dataset", DATASETS)
@@ -117,6 +119,8 @@ class DataConfig:
             and self.rating_scale[0] < self.rating_scale[1]), "data.rating_scale",
             "None or (min, max) with min < max", self.rating_scale)
         _check_choice(self.duplicates, "data.duplicates", DUPLICATE_POLICIES)
+        _check(self.parts is None or (isinstance(self.parts, str) and self.parts.strip() != ""),
+               "data.parts", "None or a folder (str)", self.parts)
         self.format()  # validates sep, columns, header, id_type
 
     def format(self):

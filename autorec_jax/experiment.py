@@ -16,16 +16,15 @@ import jax
 import numpy as np
 import tqdm
 
-from autorec_jax import (checkpoint, coldstart, policies, preflight, reporting, run_folder,
-                         runtime)
+from autorec_jax import (checkpoint, coldstart, placement, policies, preflight, reporting,
+                         run_folder, runtime)
 from autorec_jax.config import Config, replace, to_dict
-from autorec_jax.data import batching, loading
-from autorec_jax.data.ratings import Ratings, csr_order, row_matrix
+from autorec_jax.data import batching, loading, parts as parts_lib
+from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
-from autorec_jax.evaluator import EvalData, eval_blocks, summarize
+from autorec_jax.evaluator import eval_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.parallel import CompiledOnFirstUse, Parallel, fetch, is_primary
-from autorec_jax.rows import DeviceRows, take_rows, to_device_rows
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
 log = logging.getLogger(__name__)
@@ -39,28 +38,25 @@ class Experiment:
 
     `train_epoch_fn(state, train_data, sharded index [S, B], step_rng)` runs an epoch of any
     S steps (compiled on first use of each S) and donates the state. `eval_fn(params,
-    EvalData, eval_index)` gives per-block sums for each held-out set in `heldout` ("test",
-    and "valid" when the split carves one out).
+    EvalData, eval_index)` gives per-block sums for each held-out set in `placed.heldout`
+    ("test", and "valid" when the split carves one out).
     """
 
     config: Config
     parallel: Parallel
-    train: Ratings
-    valid: Ratings
-    test: Ratings
+    train: Ratings | None          # the split (None with data.parts: see `data.facts`)
+    valid: Ratings | None
+    test: Ratings | None
     steps: list[int]               # steps of each epoch, in order
     batch_size: int                # rows per step (the config's, or all rows: full batch)
     row_width: int                 # N
     num_rows: int                  # rows of the training matrix
-    train_data: DeviceRows | None  # None when each device takes its share per epoch
-    heldout: dict                  # name -> EvalData on the device
-    eval_index: np.ndarray
+    data: placement.HostData       # the rows on this host, and the split's facts
+    placed: placement.Placed       # the rows on the devices, evaluation blocks
     step_rng: jax.Array
     shuffle_seed: np.ndarray
     train_epoch_fn: CompiledOnFirstUse
     eval_fn: CompiledOnFirstUse
-    train_rows: Any = None         # host rows, when each device takes its share per epoch
-    train_fields: dict = dataclasses.field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
@@ -90,87 +86,45 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
       ConfigError: an idle accelerator (the message names the install that fixes it).
     """
     runtime.check_accelerator(config.train.allow_cpu)
-    train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
-    orientation = config.data.orientation
-    train_rows = row_matrix(train, orientation)
-    heldout_rows = {"test": row_matrix(test, orientation)}
-    if len(valid):
-        heldout_rows["valid"] = row_matrix(valid, orientation)
-    # Per held-out entry: cold or not, and the cold-start rule's prediction (`coldstart`).
-    cold_fields = {name: coldstart.eval_fields(config.train.cold_start, train,
-                                               {"test": test, "valid": valid}[name],
-                                               orientation)
-                   for name in heldout_rows}
     parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
-    preflight.check_memory(config, train_rows.num_rows, train_rows.num_cols,
-                           available_bytes=_device_memory(), num_ratings=len(train))
-    batch_size = config.train.batch_size or train_rows.num_rows  # 0: full batch
-    steps = batching.steps_per_epoch(train_rows.num_rows, batch_size, config.train.epochs,
-                                     config.train.last_batch)
-    init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = parallel.replicate(create_train_state(config, train_rows.num_cols, init_rng,
-                                                  optimizer=optimizer),
-                               row_width=train_rows.num_cols)
-    order = csr_order(train, orientation)
-    fields = {name: np.asarray(fn(train), np.float32)[order]
-              for name, fn in (entry_fields or {}).items()}
-    eval_index = parallel.shard(batching.blocks(train_rows.num_rows,
-                                                config.train.eval_batch_size))
-    shares = parallel.shares_rows
-    if shares:
-        # Each device holds only its rows: its evaluation blocks' here, and each epoch's
-        # batches' in `run_epoch` (a process builds its own devices' shares only).
-        train_data = None
-        block_rows = eval_index[0].size
-        in_size = batching.max_nnz(train_rows.row_lengths, block_rows)
-        target_size = max(batching.max_nnz(rows.row_lengths, block_rows)
-                          for rows in heldout_rows.values())
-
-        def eval_share(rows, fields):
-            def build(d):
-                inputs, local = take_rows(train_rows, eval_index[d], in_size)
-                return EvalData(inputs, take_rows(rows, eval_index[d], target_size,
-                                                  fields)[0]), local
-            return parallel.put_shares(build)
-
-        shared = {name: eval_share(rows, cold_fields[name])
-                  for name, rows in heldout_rows.items()}
-        heldout = {name: data for name, (data, _) in shared.items()}
-        eval_index = shared["test"][1]
+    data = placement.load(config, parallel, ratings, cache_dir, entry_fields)
+    preflight.check_memory(config, data.num_rows, data.num_cols,
+                           available_bytes=_device_memory(), num_ratings=data.local_ratings)
+    if data.parts is not None:  # every step takes the same rows of each part
+        batch_size = (parts_lib.rows_per_part(data.parts, config.train.batch_size)
+                      * data.parts.num_parts)
     else:
-        train_data = parallel.replicate(to_device_rows(train_rows, fields=fields))
-        # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
-        pad_to = max(rows.nnz for rows in heldout_rows.values())
-        heldout = {name: parallel.replicate(EvalData(
-                       to_device_rows(train_rows), to_device_rows(rows, pad_to,
-                                                                  cold_fields[name])))
-                   for name, rows in heldout_rows.items()}
-    data_axis = 0 if shares else None
-
+        batch_size = config.train.batch_size or data.num_rows  # 0: full batch
+    steps = placement.steps_per_epoch(config, data, batch_size)
+    init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
+    state = parallel.replicate(create_train_state(config, data.num_cols, init_rng,
+                                                  optimizer=optimizer),
+                               row_width=data.num_cols)
+    placed = placement.place(data, parallel, config.train.eval_batch_size)
+    data_axis = None if placed.layout == "replicated" else 0
     repeats = 2 if config.train.last_batch == "rollover" else 1
     train_epoch_fn = parallel.compile(
         functools.partial(train_epoch, config=config, loss_fn=loss_fn,
                           grad_transform=grad_transform, max_nnz=batching.max_nnz(
-                              train_rows.row_lengths, parallel.rows_per_device(batch_size),
+                              data.train_lengths, parallel.rows_per_device(batch_size),
                               repeats)),
         in_axes=(None, data_axis, 0, None), donate_argnums=(0,))
-    eval_rows = eval_index.shape[-1]
+    eval_rows = placed.eval_index.shape[-1]
     eval_fn = parallel.compile(
         functools.partial(
             eval_blocks, apply_fn=state.apply_fn,
-            max_nnz_inputs=batching.max_nnz(train_rows.row_lengths, eval_rows),
-            max_nnz_targets=max(batching.max_nnz(rows.row_lengths, eval_rows)
-                                for rows in heldout_rows.values()),
-            clip_range=_rating_range(train) if config.train.clip_predictions else None),
+            max_nnz_inputs=batching.max_nnz(data.train_lengths, eval_rows),
+            max_nnz_targets=max(batching.max_nnz(lengths, eval_rows)
+                                for lengths in data.heldout_lengths.values()),
+            clip_range=data.facts.rating_range if config.train.clip_predictions else None),
         in_axes=(None, data_axis, 0))
+    train, valid, test = data.splits or (None, None, None)
     experiment = Experiment(
         config=config, parallel=parallel, train=train, valid=valid, test=test, steps=steps,
-        batch_size=batch_size,
-        row_width=train_rows.num_cols, num_rows=train_rows.num_rows, train_data=train_data,
-        heldout=heldout, eval_index=eval_index, step_rng=parallel.replicate(step_rng),
+        batch_size=batch_size, row_width=data.num_cols, num_rows=data.num_rows,
+        data=data, placed=placed, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
-        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn,
-        train_rows=train_rows if shares else None, train_fields=fields if shares else {})
+        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn)
     return experiment, state
 
 
@@ -178,12 +132,8 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
               ) -> tuple[TrainState, dict]:
     """One compiled epoch over host-planned batches; returns metrics on the host."""
     parallel = experiment.parallel
-    data, index = experiment.train_data, parallel.shard(batches_SxB)
-    if parallel.shares_rows:
-        # This epoch's rows of each device, in batch order (rows may repeat: rollover).
-        size = batching.max_nnz(experiment.train_rows.row_lengths, index[0].size, 2)
-        data, index = parallel.put_shares(lambda d: take_rows(
-            experiment.train_rows, index[d], size, experiment.train_fields))
+    data, index = placement.epoch_data(experiment.placed, experiment.data, parallel,
+                                       parallel.shard(batches_SxB))
     state, metrics = experiment.train_epoch_fn(state, data, index, experiment.step_rng)
     return state, fetch(metrics)
 
@@ -196,8 +146,9 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
     sit anywhere (`load_run` gives them on one device): they are replicated first.
     """
     params = experiment.parallel.replicate(params)
-    return {name: summarize(fetch(experiment.eval_fn(params, data, experiment.eval_index)))
-            for name, data in experiment.heldout.items() if names is None or name in names}
+    placed = experiment.placed
+    return {name: summarize(fetch(experiment.eval_fn(params, data, placed.eval_index)))
+            for name, data in placed.heldout.items() if names is None or name in names}
 
 
 @dataclasses.dataclass
@@ -259,8 +210,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                               grad_transform=grad_transform, entry_fields=entry_fields)
     log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
              "%s on %d %s device(s)", loading.dataset_label(config.data),
-             config.data.split, config.split_seed, len(experiment.train),
-             len(experiment.valid), len(experiment.test), experiment.num_rows,
+             config.data.split, config.split_seed, *experiment.data.facts.counts.values(),
+             experiment.num_rows,
              experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
              jax.local_devices()[0].platform)
     selecting = config.selects_on_validation
@@ -276,16 +227,15 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     shuffle = np.random.default_rng()
     shuffle.bit_generator.state = loop["shuffle_state"]
     carry = np.asarray(loop["carry"], np.int32)
-    scale = _rating_range(experiment.train)
+    scale = experiment.data.facts.rating_range
     # A resumed run that had stopped early is finished: it trains no further epoch.
     last = loop["epoch"] if _stopped_early(loop, config) else config.train.epochs
     epochs = range(loop["epoch"] + 1, last + 1)
     bar = tqdm.tqdm(epochs, unit="epoch", delay=2.0, leave=False) if progress else None
     scores, cadence = {}, policies.CheckpointCadence()
     for epoch in bar if bar is not None else epochs:
-        batches, carry = batching.epoch_batches(
-            shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
-            experiment.batch_size, config.train.last_batch)
+        batches, carry = placement.plan_epoch(config, experiment.data, experiment.batch_size,
+                                              shuffle, carry, experiment.shuffle_seed, epoch)
         compile_before = experiment.compile_seconds
         start = time.perf_counter()
         state, metrics = run_epoch(experiment, state, batches)
@@ -406,7 +356,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         params = retrained.state.params
     elif best_params is not None or "test" not in scores:
         scores = evaluate(experiment, params)
-    test = scores["test"]
+    test, facts = scores["test"], experiment.data.facts
     summary = {
         "config": to_dict(config),
         "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
@@ -435,10 +385,9 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
                   if value is not None},
         "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,
                  "split_seed": config.split_seed, "orientation": config.data.orientation,
-                 "num_users": experiment.train.num_users,
-                 "num_items": experiment.train.num_items,
-                 "train_ratings": len(experiment.train), "valid_ratings": len(experiment.valid),
-                 "test_ratings": len(experiment.test),
+                 "num_users": facts.num_users, "num_items": facts.num_items,
+                 **{f"{name}_ratings": count for name, count in facts.counts.items()},
+                 **({"parts": str(config.data.parts)} if config.data.parts else {}),
                  "rows": experiment.num_rows, "row_width": experiment.row_width},
         **reporting.environment(),
     }
@@ -481,7 +430,3 @@ def _device_memory() -> int | None:
         return None
     stats = device.memory_stats() or {}
     return stats.get("bytes_limit")
-
-
-def _rating_range(train: Ratings) -> tuple[float, float]:
-    return float(train.ratings.min()), float(train.ratings.max())

@@ -228,6 +228,12 @@ class Parallel:
         """Whether each device holds only the rows it works on (sharded), not all of them."""
         return self.mode == "sharded"
 
+    def addressable_data_indices(self) -> list[int]:
+        """The data-axis positions of this process's devices (sharded), in order."""
+        index_of = {device: d for (d, _), device in np.ndenumerate(self.mesh.devices)}
+        return sorted({index_of[device] for device in self.mesh.devices.flat
+                       if device.process_index == jax.process_index()})
+
     def put_shares(self, build: Callable[[int], PyTree]) -> PyTree:
         """A pytree whose leaves are [D, ...], entry d from `build(d)` (NumPy, one shape for
         every d), split over the data axis; `build` runs only for this process's devices.

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from autorec_jax import checkpoint, preflight, reporting
 from autorec_jax.config import to_dict
@@ -70,9 +69,7 @@ def open_run(run_dir, experiment, state, best_params, loop, resume):
     """Records the run's identity and ids in `run_dir`; on `resume`, restores its latest
     checkpoint: returns (state, best_params, loop, history) to continue from."""
     config = experiment.config
-    fingerprint = checkpoint.data_fingerprint(
-        *(np.asarray(a) for part in (experiment.train, experiment.valid, experiment.test)
-          for a in (part.users, part.items, part.ratings)))
+    fingerprint = experiment.data.facts.fingerprint()
     tree_bytes = sum(x.nbytes for x in jax.tree.leaves(checkpoint_tree(state, best_params)))
     # The kept checkpoints, one being written, the model: refused now, not mid-run.
     preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
@@ -81,8 +78,8 @@ def open_run(run_dir, experiment, state, best_params, loop, resume):
         checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
     checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
     ids = {"orientation": config.data.orientation,
-           "users": experiment.train.user_ids.tolist(),
-           "items": experiment.train.item_ids.tolist()}
+           "users": experiment.data.facts.user_ids.tolist(),
+           "items": experiment.data.facts.item_ids.tolist()}
     reporting.write_json(run_dir / "ids.json", ids)
     # Each checkpoint also carries the run's identity, so that it stands on its own.
     identity = {"config": to_dict(config), "data_fingerprint": fingerprint, "ids": ids}

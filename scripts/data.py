@@ -6,13 +6,17 @@
   python scripts/data.py stats netflix/training_set            # Netflix Prize layout
   python scripts/data.py split ml-1m --split kfold --folds 5 --fold 0 --out splits/ml1m-f0
   python scripts/data.py split ratings.csv --split ratio --valid-ratio 0.1 --out splits/mine
+  python scripts/data.py parts ml-20m --count 8 --out parts/ml20m --last-batch pad ...
 
 `stats` prints counts, density, the rating histogram, load time (parse, validation and id
 mapping) and the process's peak memory; `split` writes train/valid/test files (raw ids,
 tab-separated) and split.json, replacing those of an earlier split in the same folder (and
-only those). Format and split options are the data flags of scripts/train.py. A bad flag or
---out exits with status 2, a malformed file with status 1; each with a one-line error
-naming the file (and line) and the fix.
+only those); `parts` deals the split's rows into --count row parts for a multi-process run
+(autorec_jax/data/parts.py: each process then loads only its own devices' parts, with
+`scripts/train.py --parts DIR`). Format and split options are the data flags of
+scripts/train.py (`parts` also takes --seed and --cold-start, which its files depend on).
+A bad flag or --out exits with status 2, a malformed file with status 1; each with a
+one-line error naming the file (and line) and the fix.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from autorec_jax import cli, config as config_lib, preflight  # noqa: E402
-from autorec_jax.data import loading, movielens  # noqa: E402
+from autorec_jax.data import loading, movielens, parts  # noqa: E402
 from autorec_jax.data.sources import atomic_path, clean_stale_temps  # noqa: E402
 from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
 
@@ -37,13 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("stats", "load a dataset and print its statistics"),
-                       ("split", "write a train/valid/test split to files")):
+                       ("split", "write a train/valid/test split to files"),
+                       ("parts", "write the split's rows as row parts (multi-process runs)")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("source", help=f"a dataset name ({', '.join(movielens.DATASETS)}), "
                                         "a ratings file, or a Netflix folder")
         sub.add_argument("--json", action="store_true", help="print one JSON object")
-        if name == "split":
+        if name in ("split", "parts"):
             sub.add_argument("--out", required=True, help="folder for the split's files")
+        if name == "parts":
+            sub.add_argument("--count", type=int, required=True,
+                             help="number of parts: a multiple of the data devices")
+            sub.add_argument("--cold-start", default="network",
+                             help="the run's cold-start rule (its fields are stored)")
         cli.add_config_flags(sub, groups=("data",))
     return parser
 
@@ -139,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = data_config(args)
+        if args.command == "parts":
+            config = config_lib.replace(config, cold_start=args.cold_start)
+            if Path(args.out).expanduser().exists():  # before the data is loaded
+                raise ConfigError(f"{args.out} exists; choose a new folder for the parts "
+                                  "(or remove it)")
         if args.command == "split":
             preflight.check_out_dir(args.out)  # before the data is loaded
     except ConfigError as err:
@@ -146,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stats":
             stats(config, args.json)
-        else:
+        elif args.command == "split":
             split(config, args.out, args.json)
+        else:
+            info = parts.write_parts(config, args.out, args.count)
+            record = {"folder": str(info.folder), "parts": info.num_parts,
+                      "rows_per_part": [int(n) for n in info.sizes], **info.meta["ratings"]}
+            print(json.dumps(record) if args.json else
+                  f"wrote {info.num_parts} parts ({min(record['rows_per_part'])}-"
+                  f"{max(record['rows_per_part'])} rows each) to {info.folder}")
     except AutoRecError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1

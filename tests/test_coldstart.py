@@ -245,9 +245,10 @@ def test_network_rule_scores_exactly_as_without_cold_fields(orientation):
     params = spread_params(experiment, state)
     scores = evaluate(experiment, params)["test"]
     assert scores["cold_count"] > 0
-    data = experiment.heldout["test"]
+    data = experiment.placed.heldout["test"]
     bare = data.replace(targets=data.targets.replace(fields={}))
-    plain = summarize(jax.device_get(experiment.eval_fn(params, bare, experiment.eval_index)))
+    plain = summarize(jax.device_get(experiment.eval_fn(params, bare,
+                                                        experiment.placed.eval_index)))
     for key in ("rmse", "mae", "count"):
         assert scores[key] == plain[key], key
     assert plain["cold_count"] == 0 and plain["warm_rmse"] == plain["rmse"]

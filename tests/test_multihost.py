@@ -24,24 +24,37 @@ from autorec_jax.parallel import initialize_distributed
 initialize_distributed(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
 import jax
 from test_multihost import make_run
-result = make_run(sys.argv[3])  # every process names the folder; process 0 writes it
+result = make_run(sys.argv[3], sys.argv[4] or None)  # every process names the run folder;
+# process 0 writes it
 print("RESULT " + json.dumps(result))
 """
 
 
-def make_run(out_dir=None):
-    """The run both sides make: history and final params, as plain JSON-able data."""
-    ratings = random_ratings(num_users=32, num_items=64, density=0.3, seed=2)
-    config = config_lib.replace(toy_config(optimizer="adam", lr=0.01, batch_size=12,
-                                           epochs=2), parallel="sharded",
-                                model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")))
-    result = train_and_evaluate(config, out_dir, ratings=ratings)
+def run_ratings():
+    return random_ratings(num_users=32, num_items=64, density=0.3, seed=2)
+
+
+def run_config(parts=None, parallel="sharded"):
+    return config_lib.replace(
+        toy_config(optimizer="adam", lr=0.01, batch_size=16 if parts else 12, epochs=2,
+                   last_batch="pad" if parts else "rollover"),
+        parallel=parallel, parts=parts,
+        model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")))
+
+
+def make_run(out_dir=None, parts=None, parallel="sharded"):
+    """The run both sides make: history and final params, as plain JSON-able data. With
+    `parts` (a folder), the rows come from row parts instead of the ratings."""
+    result = train_and_evaluate(run_config(parts, parallel), out_dir,
+                                ratings=None if parts else run_ratings())
     params = jax.tree.map(lambda x: np.asarray(x).tolist(),
                           fetch(result.state.params))
+    data = result.experiment.data
     return {"history": [{k: r[k] for k in ("train_loss", "test_rmse")}
                         for r in result.history],
             "params": params, "num_devices": result.summary["num_devices"],
-            "processes": result.summary["process_count"]}
+            "processes": result.summary["process_count"],
+            "devices_rows": sorted(data.device_rows or []), "local_ratings": data.local_ratings}
 
 
 def free_port() -> int:
@@ -50,15 +63,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
-def test_two_processes_match_one_process(tmp_path):
+def run_two_processes(tmp_path, parts=("", "")) -> list[dict]:
+    """make_run in 2 processes x 4 CPU devices; process i reads the parts folder parts[i]."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
                PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(i),
-                                  str(tmp_path / "run")], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
+                                  str(tmp_path / "run"), str(parts[i])], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(2)]
     try:
         outputs = [child.communicate(timeout=120) for child in children]
     finally:  # one failing child leaves the other waiting at a collective
@@ -67,8 +81,13 @@ def test_two_processes_match_one_process(tmp_path):
                 child.kill()
     for child, (out, err) in zip(children, outputs):
         assert child.returncode == 0, err[-3000:]
-    results = [json.loads(next(line[7:] for line in out.splitlines()
-                               if line.startswith("RESULT "))) for out, _ in outputs]
+    return [json.loads(next(line[7:] for line in out.splitlines()
+                            if line.startswith("RESULT "))) for out, _ in outputs]
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+def test_two_processes_match_one_process(tmp_path):
+    results = run_two_processes(tmp_path)
     single = make_run()
     for result in results:
         assert (result["num_devices"], result["processes"]) == (8, 2)
@@ -85,3 +104,37 @@ def test_two_processes_match_one_process(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert (run / "model" / "manifest.json").exists()
     assert any((run / "checkpoints").iterdir())
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(tmp_path):
+    """Each process is given a folder holding only its own 4 of the 8 parts: it could not
+    read another's. Both train exactly as one process with all 8 parts, and as one device."""
+    from autorec_jax.data import parts
+    whole = tmp_path / "parts"
+    parts.write_parts(run_config(), whole, 8, ratings=run_ratings())
+    own = []
+    for i in range(2):
+        folder = tmp_path / f"process{i}"
+        folder.mkdir()
+        for name in ("meta.json", "lengths.npz", "ids.npz",
+                     *(f"part-{p:05d}.npz" for p in range(4 * i, 4 * i + 4))):
+            (folder / name).write_bytes((whole / name).read_bytes())
+        own.append(folder)
+    results = run_two_processes(tmp_path, own)
+    single = make_run(parts=str(whole))
+    one_device = make_run(parts=str(whole), parallel="jit")
+    total = single["local_ratings"]
+    assert [r["devices_rows"] for r in results] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert single["devices_rows"] == list(range(8))
+    for result in results:
+        assert (result["num_devices"], result["processes"]) == (8, 2)
+        assert result["local_ratings"] < 0.6 * total  # about half of the ratings each
+        for other in (single, one_device):
+            for a, b in zip(result["history"], other["history"]):
+                assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+                assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=1e-5)
+            np.testing.assert_allclose(np.asarray(result["params"]["output"]["kernel"]),
+                                       np.asarray(other["params"]["output"]["kernel"]),
+                                       atol=1e-5)
+    assert sum(r["local_ratings"] for r in results) == total

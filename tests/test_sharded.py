@@ -100,7 +100,7 @@ def test_whole_runs_sharded_and_jit_agree():
                                         ratings=ratings)
                for mode, model in (("jit", 1), ("sharded", 2))}
     assert results["sharded"].summary["parallel"] == "sharded"
-    assert results["sharded"].experiment.train_data is None  # each device: its rows only
+    assert results["sharded"].experiment.placed.layout == "shares"  # each device: its rows
     for a, b in zip(results["jit"].history, results["sharded"].history):
         assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=1e-5)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
