@@ -65,9 +65,16 @@ def write_history(run_dir: Path | None, history: list[dict]) -> None:
         reporting.write_csv(Path(run_dir) / "metrics.csv", history)
 
 
-def open_run(run_dir, experiment, state, best_params, loop, resume):
-    """Records the run's identity and ids in `run_dir`; on `resume`, restores its latest
-    checkpoint: returns (state, best_params, loop, history) to continue from."""
+def open_run(run_dir, experiment, state, best_params, loop, resume) -> tuple[int | None, dict]:
+    """Records the run's identity and ids in `run_dir` (process 0's part of opening a run).
+
+    Returns:
+      (the epoch of the checkpoint to resume from, or None; `loop` with the identity that
+      each checkpoint carries).
+
+    Raises:
+      CheckpointError: `resume` of a run with another config or other data.
+    """
     config = experiment.config
     fingerprint = experiment.data.facts.fingerprint()
     tree_bytes = sum(x.nbytes for x in jax.tree.leaves(checkpoint_tree(state, best_params)))
@@ -81,18 +88,21 @@ def open_run(run_dir, experiment, state, best_params, loop, resume):
            "users": experiment.data.facts.user_ids.tolist(),
            "items": experiment.data.facts.item_ids.tolist()}
     reporting.write_json(run_dir / "ids.json", ids)
+    if epoch is None and resume:
+        log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
     # Each checkpoint also carries the run's identity, so that it stands on its own.
-    identity = {"config": to_dict(config), "data_fingerprint": fingerprint, "ids": ids}
-    if epoch is None:
-        if resume:
-            log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
-        return state, best_params, {**loop, "run": identity}, []
-    tree = checkpoint.restore(run_dir, epoch, checkpoint.abstract(
+    return epoch, {**loop, "run": {"config": to_dict(config), "data_fingerprint": fingerprint,
+                                   "ids": ids}}
+
+
+def restore(save_dir: Path, epoch: int, state, best_params, loop) -> tuple:
+    """(state, best_params, loop) from checkpoint `epoch` (on every process: the restore
+    is collective); `loop` keeps its identity ("run") where it has one."""
+    tree = checkpoint.restore(save_dir, epoch, checkpoint.abstract(
         checkpoint_tree(state, best_params)))
-    state, loop = tree[0]["state"], {**tree[1], "run": identity}
-    best_params = tree[0].get("best_params")
-    log.info("resuming %s after epoch %d", run_dir, epoch)
-    return state, best_params, loop, read_history(run_dir, epoch)
+    log.info("resuming %s after epoch %d", save_dir, epoch)
+    restored = {**tree[1], **({"run": loop["run"]} if "run" in loop else {})}
+    return tree[0]["state"], tree[0].get("best_params"), restored
 
 
 def checkpoint_tree(state, best_params) -> dict:

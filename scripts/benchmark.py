@@ -46,7 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from autorec_jax import config as config_lib, reporting  # noqa: E402
+from autorec_jax import config as config_lib, placement, reporting  # noqa: E402
 from autorec_jax.data import batching  # noqa: E402
 from autorec_jax.experiment import evaluate, run_epoch, setup  # noqa: E402
 
@@ -258,15 +258,15 @@ def interleaved_epochs(configs: dict, ratings, repeats: int, epochs: int = 5) ->
     runs = {}
     for name, config in configs.items():
         experiment, state = setup(config, ratings)
-        runs[name] = [experiment, state, np.random.default_rng(0), np.zeros(0, np.int32)]
+        runs[name] = [experiment, state, np.random.default_rng(0), np.zeros(0, np.int32), 0]
 
     def epoch(name):
-        experiment, state, shuffle, carry = runs[name]
-        batches, carry = batching.epoch_batches(
-            shuffle.permutation(experiment.num_rows).astype(np.int32), carry,
-            experiment.batch_size, experiment.config.train.last_batch)
+        experiment, state, shuffle, carry, count = runs[name]
+        batches, carry = placement.plan_epoch(experiment.config, experiment.data,
+                                              experiment.batch_size, shuffle, carry,
+                                              experiment.shuffle_seed, count + 1)
         state, _ = run_epoch(experiment, state, batches)
-        runs[name][1:] = [state, shuffle, carry]
+        runs[name][1:] = [state, shuffle, carry, count + 1]
         return len(batches), int(np.sum(batches >= 0)) * experiment.row_width
 
     for name in runs:  # warm-up and compile (rollover epochs alternate two step counts)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from autorec_jax import config as config_lib
+from autorec_jax.errors import TrainingInterrupted
 from autorec_jax.experiment import train_and_evaluate
 from autorec_jax.parallel import fetch
 from synthetic import random_ratings
@@ -24,8 +25,9 @@ from autorec_jax.parallel import initialize_distributed
 initialize_distributed(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
 import jax
 from test_multihost import make_run
-result = make_run(sys.argv[3], sys.argv[4] or None)  # every process names the run folder;
-# process 0 writes it
+# Every process names the run folder; process 0 writes it.
+result = make_run(sys.argv[3], sys.argv[4] or None, stop_after=int(sys.argv[5]) or None,
+                  resume=sys.argv[6] == "resume")
 print("RESULT " + json.dumps(result))
 """
 
@@ -42,11 +44,19 @@ def run_config(parts=None, parallel="sharded"):
         model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")))
 
 
-def make_run(out_dir=None, parts=None, parallel="sharded"):
+def make_run(out_dir=None, parts=None, parallel="sharded", stop_after=None, resume=False,
+             epochs=2):
     """The run both sides make: history and final params, as plain JSON-able data. With
-    `parts` (a folder), the rows come from row parts instead of the ratings."""
-    result = train_and_evaluate(run_config(parts, parallel), out_dir,
-                                ratings=None if parts else run_ratings())
+    `parts` (a folder), the rows come from row parts instead of the ratings; with
+    `stop_after`, the run is interrupted after that epoch ({"interrupted": epoch})."""
+    calls = iter(range(1, 100))
+    try:
+        result = train_and_evaluate(
+            config_lib.replace(run_config(parts, parallel), epochs=epochs), out_dir,
+            ratings=None if parts else run_ratings(), resume=resume,
+            stop_requested=None if stop_after is None else lambda: next(calls) >= stop_after)
+    except TrainingInterrupted:
+        return {"interrupted": stop_after}
     params = jax.tree.map(lambda x: np.asarray(x).tolist(),
                           fetch(result.state.params))
     data = result.experiment.data
@@ -63,14 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(tmp_path, parts=("", "")) -> list[dict]:
+def run_two_processes(tmp_path, parts=("", ""), stop_after=0, resume="") -> list[dict]:
     """make_run in 2 processes x 4 CPU devices; process i reads the parts folder parts[i]."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
                PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(i),
-                                  str(tmp_path / "run"), str(parts[i])], env=env,
+                                  str(tmp_path / "run"), str(parts[i]), str(stop_after),
+                                  resume], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for i in range(2)]
     try:
@@ -138,3 +149,24 @@ def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(tm
                                        np.asarray(other["params"]["output"]["kernel"]),
                                        atol=1e-5)
     assert sum(r["local_ratings"] for r in results) == total
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+def test_an_interrupted_two_process_run_resumes_like_an_uninterrupted_one(tmp_path):
+    """Interrupted after epoch 1 (process 0 decides for both), then resumed by 2 processes:
+    every process restores the checkpoint, and the run ends as one process's would."""
+    assert run_two_processes(tmp_path, stop_after=1) == [{"interrupted": 1}] * 2
+    run = tmp_path / "run"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    results = run_two_processes(tmp_path, resume="resume")
+    single = make_run()
+    assert [r["train_loss"] for r in results[0]["history"]] == pytest.approx(
+        [r["train_loss"] for r in single["history"]], rel=1e-5)
+    for result in results:
+        assert result["history"][-1]["test_rmse"] == pytest.approx(
+            single["history"][-1]["test_rmse"], abs=1e-6)
+        np.testing.assert_allclose(np.asarray(result["params"]["output"]["kernel"]),
+                                   np.asarray(single["params"]["output"]["kernel"]),
+                                   atol=1e-6)
+    assert len(results[0]["history"]) == 2  # process 0 read epoch 1's record back
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
