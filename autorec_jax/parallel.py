@@ -146,13 +146,17 @@ class Parallel:
             if model < 1 or count % model:
                 raise ConfigError(f"train.model_parallel must divide the {count} devices, "
                                   f"got {model}")
-            if model > 1 and jax.process_count() > 1:
-                # On the CPU emulation (jax 0.10.2, gloo) XLA's SPMD partitioner rejects the
-                # partial-manual step across processes ("Cross-partition allreduce must be
-                # in (partial) manual partitioning mode"); not verified elsewhere.
-                raise ConfigError("train.model_parallel > 1 is not supported across "
-                                  "processes yet; use it within one process")
-            return cls("sharded", count, model)
+            parallel = cls("sharded", count, model)
+            if any(len({device.process_index for device in group}) > 1
+                   for group in parallel.mesh.devices):
+                # XLA's SPMD partitioner rejects the partial-manual step when a model group
+                # spans processes ("Cross-partition allreduce must be in (partial) manual
+                # partitioning mode"; jax 0.10.2, CPU/gloo); within a process it works.
+                raise ConfigError(
+                    f"train.model_parallel {model} spans processes (each has "
+                    f"{jax.local_device_count()} devices); the model axis must stay within "
+                    f"one process: use at most {jax.local_device_count()}")
+            return parallel
         raise ConfigError(f"train.parallel must be one of {', '.join(MODES)}, got {mode!r}")
 
     @property

@@ -41,7 +41,8 @@ def run_config(parts=None, parallel="sharded"):
         toy_config(optimizer="adam", lr=0.01, batch_size=16 if parts else 12, epochs=2,
                    last_batch="pad" if parts else "rollover"),
         parallel=parallel, parts=parts,
-        model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")))
+        model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")) if parallel ==
+        "sharded" else 1)
 
 
 def make_run(out_dir=None, parts=None, parallel="sharded", stop_after=None, resume=False,
@@ -73,8 +74,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(tmp_path, parts=("", ""), stop_after=0, resume="") -> list[dict]:
-    """make_run in 2 processes x 4 CPU devices; process i reads the parts folder parts[i]."""
+def run_two_processes(tmp_path, parts=("", ""), stop_after=0, resume="",
+                      failing=False) -> list:
+    """make_run in 2 processes x 4 CPU devices; process i reads the parts folder parts[i].
+    Returns each process's result, or with `failing` each one's stderr."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
@@ -90,6 +93,9 @@ def run_two_processes(tmp_path, parts=("", ""), stop_after=0, resume="") -> list
         for child in children:
             if child.poll() is None:
                 child.kill()
+    if failing:
+        assert all(child.returncode != 0 for child in children)
+        return [err for _, err in outputs]
     for child, (out, err) in zip(children, outputs):
         assert child.returncode == 0, err[-3000:]
     return [json.loads(next(line[7:] for line in out.splitlines()
@@ -97,7 +103,10 @@ def run_two_processes(tmp_path, parts=("", ""), stop_after=0, resume="") -> list
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("model", [1, 2])
+def test_two_processes_match_one_process(tmp_path, monkeypatch, model):
+    """(data 8) and (data 4, model 2): each process's model groups lie within it."""
+    monkeypatch.setenv("AUTOREC_TEST_MODEL", str(model))
     results = run_two_processes(tmp_path)
     single = make_run()
     for result in results:
@@ -118,10 +127,15 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
-def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(tmp_path):
+@pytest.mark.parametrize("model", [1, 2])
+def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(
+        tmp_path, monkeypatch, model):
     """Each process is given a folder holding only its own 4 of the 8 parts: it could not
-    read another's. Both train exactly as one process with all 8 parts, and as one device."""
+    read another's. Both train exactly as one process with all 8 parts, and as one device.
+    With a model axis of 2, each of the 4 data devices keeps 2 parts."""
     from autorec_jax.data import parts
+    monkeypatch.setenv("AUTOREC_TEST_MODEL", str(model))
+    data = 8 // model
     whole = tmp_path / "parts"
     parts.write_parts(run_config(), whole, 8, ratings=run_ratings())
     own = []
@@ -136,8 +150,9 @@ def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(tm
     single = make_run(parts=str(whole))
     one_device = make_run(parts=str(whole), parallel="jit")
     total = single["local_ratings"]
-    assert [r["devices_rows"] for r in results] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert single["devices_rows"] == list(range(8))
+    assert [r["devices_rows"] for r in results] == [list(range(data // 2)),
+                                                    list(range(data // 2, data))]
+    assert single["devices_rows"] == list(range(data))
     for result in results:
         assert (result["num_devices"], result["processes"]) == (8, 2)
         assert result["local_ratings"] < 0.6 * total  # about half of the ratings each
@@ -170,3 +185,10 @@ def test_an_interrupted_two_process_run_resumes_like_an_uninterrupted_one(tmp_pa
                                    atol=1e-6)
     assert len(results[0]["history"]) == 2  # process 0 read epoch 1's record back
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+def test_a_model_axis_across_processes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOREC_TEST_MODEL", "8")
+    for err in run_two_processes(tmp_path, failing=True):
+        assert "train.model_parallel 8 spans processes" in err and "at most 4" in err
