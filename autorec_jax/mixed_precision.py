@@ -8,9 +8,9 @@ JAX's own derivative: its backward dots contract over the batch axis (x^T . dy) 
 kernel's output axis (dy . k^T). XLA:CPU (jax 0.10-0.12) folds those transposes into the
 dot, and its bf16 matmul fast path (YNNPACK) only takes the plain row-major form, so XLA
 converts those operands back to float32: only the two forward matmuls of the five in a
-step ran in bf16. Here the backward operands are transposed by a gather, which XLA cannot
-fold into the dot, so every matmul is a plain bf16 one (measured in
-`scripts/benchmark.py --precision`).
+step ran in bf16. Here, on the CPU, the backward operands are transposed by a gather, which
+XLA cannot fold into the dot, so every matmul is a plain bf16 one (measured in
+`scripts/benchmark.py --precision`). Other platforms get plain transposes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _transposed(a: jax.Array) -> jax.Array:
-    """a.T [C, R] of a [R, C], materialised row-major by a gather (see the module doc)."""
+    """a.T [C, R] of a [R, C]: on the CPU materialised row-major by a gather (see the
+    module doc); elsewhere a plain transpose, which GPU and TPU dots take as it is."""
+    return jax.lax.platform_dependent(a, cpu=_gathered_transpose, default=jnp.transpose)
+
+
+def _gathered_transpose(a: jax.Array) -> jax.Array:
     rows, cols = a.shape
     index = (jnp.arange(cols, dtype=jnp.int32)[:, None]
              + jnp.arange(rows, dtype=jnp.int32)[None, :] * cols).reshape(-1)
