@@ -21,10 +21,10 @@ from autorec_jax import (checkpoint, coldstart, placement, policies, preflight, 
 from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading, parts as parts_lib
 from autorec_jax.data.ratings import Ratings
-from autorec_jax.errors import CheckpointError, TrainingDivergedError, TrainingInterrupted
+from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import eval_blocks, summarize
 from autorec_jax.losses import LossFn
-from autorec_jax.parallel import CompiledOnFirstUse, Parallel, fetch, is_primary
+from autorec_jax.parallel import CompiledOnFirstUse, Parallel, fetch, from_primary, is_primary
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
 log = logging.getLogger(__name__)
@@ -219,15 +219,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     history: list[dict] = []
     best_params = state.params if selecting else None
     if save_dir is not None:
-        epoch = None
-        if run_dir is not None:
-            epoch, loop = _on_primary(lambda: run_folder.open_run(
-                run_dir, experiment, state, best_params, loop, resume))
-        epoch = _from_primary(epoch)
-        if epoch is not None:
-            state, best_params, loop = run_folder.restore(save_dir, epoch, state, best_params,
-                                                          loop)
-            history = run_folder.read_history(run_dir, epoch) if run_dir is not None else []
+        state, best_params, loop, history = run_folder.open_and_restore(
+            run_dir, save_dir, experiment, state, best_params, loop, resume)
     shuffle = np.random.default_rng()
     shuffle.bit_generator.state = loop["shuffle_state"]
     carry = np.asarray(loop["carry"], np.int32)
@@ -414,39 +407,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
 
 def _agreed(decision: bool) -> bool:
     """Process 0's decision, on every process (a save is collective; clocks differ)."""
-    if jax.process_count() == 1:
-        return decision
-    from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
-
-
-def _on_primary(open_run):
-    """Process 0 runs `open_run`; when it fails, the other processes hear of it (from
-    `_from_primary`) instead of waiting at the next collective."""
-    try:
-        return open_run()
-    except BaseException:
-        if jax.process_count() > 1:
-            _broadcast(_FAILED)
-        raise
-
-
-_NONE, _FAILED = -1, -2
-
-
-def _broadcast(value: int) -> int:
-    from jax.experimental import multihost_utils
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
-def _from_primary(epoch: int | None) -> int | None:
-    """Process 0's checkpoint epoch (None: start afresh), on every process."""
-    if jax.process_count() == 1:
-        return epoch
-    shared = _broadcast(_NONE if epoch is None else epoch)
-    if shared == _FAILED:
-        raise CheckpointError("process 0 could not open the run folder (its log says why)")
-    return None if shared == _NONE else shared
+    return bool(from_primary(int(decision)))
 
 
 def _describe(seam) -> str:

@@ -115,6 +115,14 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def from_primary(value: int) -> int:
+    """Process 0's `value` (an int32), on every process; every process must call it."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Parallel:
     """How per-device functions are compiled: "jit" on one device, "pmap" over D local

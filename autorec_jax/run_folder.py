@@ -17,7 +17,8 @@ import jax
 
 from autorec_jax import checkpoint, preflight, reporting
 from autorec_jax.config import to_dict
-from autorec_jax.errors import ConfigError
+from autorec_jax.errors import CheckpointError, ConfigError
+from autorec_jax.parallel import from_primary
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,37 @@ def open_run(run_dir, experiment, state, best_params, loop, resume) -> tuple[int
     # Each checkpoint also carries the run's identity, so that it stands on its own.
     return epoch, {**loop, "run": {"config": to_dict(config), "data_fingerprint": fingerprint,
                                    "ids": ids}}
+
+
+_NONE, _FAILED = -1, -2  # from process 0: no checkpoint; it could not open the folder
+
+
+def open_and_restore(run_dir, save_dir, experiment, state, best_params, loop, resume
+                     ) -> tuple:
+    """Opens the run on every process: process 0 records it in `run_dir` (`open_run`) and
+    picks the checkpoint to resume from; every process restores it from `save_dir`.
+
+    Returns:
+      (state, best_params, loop, history: process 0's records of the restored epochs).
+
+    Raises:
+      CheckpointError: on every process, when process 0 could not open the folder.
+    """
+    epoch = None
+    if run_dir is not None:
+        try:
+            epoch, loop = open_run(run_dir, experiment, state, best_params, loop, resume)
+        except BaseException:
+            if jax.process_count() > 1:
+                from_primary(_FAILED)  # the others would wait at the next collective
+            raise
+    shared = from_primary(_NONE if epoch is None else epoch)
+    if shared == _FAILED:
+        raise CheckpointError("process 0 could not open the run folder (its log says why)")
+    if shared == _NONE:
+        return state, best_params, loop, []
+    state, best_params, loop = restore(save_dir, shared, state, best_params, loop)
+    return state, best_params, loop, read_history(run_dir, shared) if run_dir else []
 
 
 def restore(save_dir: Path, epoch: int, state, best_params, loop) -> tuple:
