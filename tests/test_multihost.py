@@ -68,6 +68,17 @@ def make_run(out_dir=None, parts=None, parallel="sharded", stop_after=None, resu
             "devices_rows": sorted(data.device_rows or []), "local_ratings": data.local_ratings}
 
 
+def assert_same_run(result: dict, other: dict, *, rmse_atol: float, params_atol: float):
+    """Every epoch's loss (1e-5 relative) and test RMSE, and the decoder's kernel, agree."""
+    assert len(result["history"]) == len(other["history"])
+    for a, b in zip(result["history"], other["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=rmse_atol)
+    np.testing.assert_allclose(np.asarray(result["params"]["output"]["kernel"]),
+                               np.asarray(other["params"]["output"]["kernel"]),
+                               atol=params_atol)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -111,12 +122,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, model):
     single = make_run()
     for result in results:
         assert (result["num_devices"], result["processes"]) == (8, 2)
-        for a, b in zip(result["history"], single["history"]):
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-            assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=1e-6)
-        np.testing.assert_allclose(np.asarray(result["params"]["output"]["kernel"]),
-                                   np.asarray(single["params"]["output"]["kernel"]),
-                                   atol=1e-6)
+        assert_same_run(result, single, rmse_atol=1e-6, params_atol=1e-6)
     # Only process 0 wrote the run folder: metrics, checkpoint, model, summary.
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -157,12 +163,7 @@ def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(
         assert (result["num_devices"], result["processes"]) == (8, 2)
         assert result["local_ratings"] < 0.6 * total  # about half of the ratings each
         for other in (single, one_device):
-            for a, b in zip(result["history"], other["history"]):
-                assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-                assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=1e-5)
-            np.testing.assert_allclose(np.asarray(result["params"]["output"]["kernel"]),
-                                       np.asarray(other["params"]["output"]["kernel"]),
-                                       atol=1e-5)
+            assert_same_run(result, other, rmse_atol=1e-5, params_atol=1e-5)
     assert sum(r["local_ratings"] for r in results) == total
 
 
