@@ -173,3 +173,25 @@ def test_bad_folders_and_counts_are_refused(folder, tmp_path, ratings):
     (broken / "part-00000.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"part 0 of .* is unreadable"):
         train_and_evaluate(parts_config(broken))
+
+
+def test_the_parts_command_writes_what_a_run_then_trains_on(tmp_path, ratings):
+    from synthetic import udata_text
+    from test_datasets import run_cli
+    path = tmp_path / "ratings.tsv"
+    path.write_text(udata_text(ratings))
+    out = tmp_path / "p4"
+    flags = ["--valid-ratio", "0.2", "--cold-start", "item-mean", "--out", str(out)]
+    done = run_cli("parts", str(path), "--count", "4", "--json", *flags)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    config = parts_config(str(out), ratings=str(path))
+    train, valid, test = loading.load_split(config.data, config.split_seed)
+    assert record["parts"] == 4 and sum(record["rows_per_part"]) == train.num_items
+    counts = (record["train"], record["valid"], record["test"])
+    assert counts == (len(train), len(valid), len(test))
+    again = run_cli("parts", str(path), "--count", "4", *flags)
+    assert again.returncode == 2 and "exists" in again.stderr
+    result = train_and_evaluate(config)
+    assert result.summary["data"]["parts"] == str(out)
+    assert result.summary["data"]["train_ratings"] == len(train)
