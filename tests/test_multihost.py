@@ -133,7 +133,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, model):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
-@pytest.mark.parametrize("model", [1, 2])
+@pytest.mark.parametrize("model", [2])  # 1 works too; 2 also covers the model axis
 def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(
         tmp_path, monkeypatch, model):
     """Each process is given a folder holding only its own 4 of the 8 parts: it could not
