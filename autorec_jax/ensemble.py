@@ -101,7 +101,8 @@ def check_members(configs: Sequence[Config], labels: Sequence[str]) -> None:
     """Refuses members that could not be blended honestly.
 
     Raises:
-      ConfigError: no member; a member that does not select on validation; data settings
+      ConfigError: no member; a member on row parts (`data.parts`) or one that does not
+        select on validation; data settings
         or a split seed (data.split_seed, else seed) unlike member 0's, so another split;
         another cold-start rule. The message names the member and the field.
     """
@@ -111,6 +112,9 @@ def check_members(configs: Sequence[Config], labels: Sequence[str]) -> None:
     first = configs[0]
     for index, (label, config) in enumerate(zip(labels, configs)):
         name = f"member {index} ({label})"
+        if config.data.parts:
+            raise ConfigError(f"{name} trains on data.parts; an ensemble predicts from the "
+                              "whole split in one process: train its members without --parts")
         if not config.selects_on_validation:
             raise ConfigError(
                 f"{name} does not select on validation (train.early_stopping 0, train.select "

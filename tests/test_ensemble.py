@@ -203,7 +203,9 @@ def never_called(*args, **kwargs):
      r"member 1 \(I-AutoRec seed 2\) does not select on validation"),
     ([member_config(), member_config(cold_start="3")], "member 1 .*train.cold_start"),
     ([], "an ensemble needs members"),
-], ids=["split-seed", "test-ratio", "no-selection", "cold-rule", "empty"])
+    ([member_config(parts="p8"), member_config()],
+     r"member 0 \(I-AutoRec seed 0\) trains on data.parts"),
+], ids=["split-seed", "test-ratio", "no-selection", "cold-rule", "empty", "parts"])
 def test_members_on_other_splits_or_without_selection_are_refused(configs, message):
     with pytest.raises(ConfigError, match=message):
         ar.train_ensemble(configs, train_fn=never_called)
