@@ -19,7 +19,7 @@ import tqdm
 from autorec_jax import (checkpoint, coldstart, placement, policies, preflight, reporting,
                          run_folder, runtime)
 from autorec_jax.config import Config, replace, to_dict
-from autorec_jax.data import batching, loading, parts as parts_lib
+from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import eval_blocks, summarize
@@ -44,9 +44,6 @@ class Experiment:
 
     config: Config
     parallel: Parallel
-    train: Ratings | None          # the split (None with data.parts: see `data.facts`)
-    valid: Ratings | None
-    test: Ratings | None
     steps: list[int]               # steps of each epoch, in order
     batch_size: int                # rows per step (the config's, or all rows: full batch)
     row_width: int                 # N
@@ -57,6 +54,19 @@ class Experiment:
     shuffle_seed: np.ndarray
     train_epoch_fn: CompiledOnFirstUse
     eval_fn: CompiledOnFirstUse
+
+    @property
+    def train(self) -> Ratings | None:
+        """The split's training Ratings (None with data.parts: see `data.facts`)."""
+        return self.data.splits[0] if self.data.splits else None
+
+    @property
+    def valid(self) -> Ratings | None:
+        return self.data.splits[1] if self.data.splits else None
+
+    @property
+    def test(self) -> Ratings | None:
+        return self.data.splits[2] if self.data.splits else None
 
     @property
     def compile_seconds(self) -> float:
@@ -90,11 +100,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     data = placement.load(config, parallel, ratings, cache_dir, entry_fields)
     preflight.check_memory(config, data.num_rows, data.num_cols,
                            available_bytes=_device_memory(), num_ratings=data.local_ratings)
-    if data.parts is not None:  # every step takes the same rows of each part
-        batch_size = (parts_lib.rows_per_part(data.parts, config.train.batch_size)
-                      * data.parts.num_parts)
-    else:
-        batch_size = config.train.batch_size or data.num_rows  # 0: full batch
+    batch_size = placement.rows_per_step(config, data)
     steps = placement.steps_per_epoch(config, data, batch_size)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = parallel.replicate(create_train_state(config, data.num_cols, init_rng,
@@ -118,9 +124,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
                                 for lengths in data.heldout_lengths.values()),
             clip_range=data.facts.rating_range if config.train.clip_predictions else None),
         in_axes=(None, data_axis, 0))
-    train, valid, test = data.splits or (None, None, None)
     experiment = Experiment(
-        config=config, parallel=parallel, train=train, valid=valid, test=test, steps=steps,
+        config=config, parallel=parallel, steps=steps,
         batch_size=batch_size, row_width=data.num_cols, num_rows=data.num_rows,
         data=data, placed=placed, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),

@@ -240,17 +240,20 @@ class Parallel:
         """Whether each device holds only the rows it works on (sharded), not all of them."""
         return self.mode == "sharded"
 
+    def _data_index_of(self) -> dict:
+        """Each mesh device's position on the data axis."""
+        return {device: d for (d, _), device in np.ndenumerate(self.mesh.devices)}
+
     def addressable_data_indices(self) -> list[int]:
         """The data-axis positions of this process's devices (sharded), in order."""
-        index_of = {device: d for (d, _), device in np.ndenumerate(self.mesh.devices)}
-        return sorted({index_of[device] for device in self.mesh.devices.flat
+        return sorted({d for device, d in self._data_index_of().items()
                        if device.process_index == jax.process_index()})
 
     def put_shares(self, build: Callable[[int], PyTree]) -> PyTree:
         """A pytree whose leaves are [D, ...], entry d from `build(d)` (NumPy, one shape for
         every d), split over the data axis; `build` runs only for this process's devices.
         """
-        index_of = {device: d for (d, _), device in np.ndenumerate(self.mesh.devices)}
+        index_of = self._data_index_of()
         sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         built: dict = {}
         per_device = []

@@ -244,6 +244,15 @@ def plan_epoch(config, data: HostData, batch_size: int, shuffle: np.random.Gener
                                   batch_size, config.train.last_batch)
 
 
+def rows_per_step(config, data: HostData) -> int:
+    """B: the config's batch size (all rows for 0, full batch); from parts, B/P rows of each
+    part (the largest part's rows for a full batch)."""
+    if data.parts is not None:
+        return parts_lib.rows_per_part(data.parts, config.train.batch_size) * \
+            data.parts.num_parts
+    return config.train.batch_size or data.num_rows
+
+
 def steps_per_epoch(config, data: HostData, batch_size: int) -> list[int]:
     if data.parts is not None:
         return [parts_lib.steps_per_epoch(data.parts, config.train.batch_size)] * \

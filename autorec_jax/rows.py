@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autorec_jax.data.ratings import RowMatrix
+from autorec_jax.data.ratings import RowMatrix, select_rows
 
 
 @flax.struct.dataclass
@@ -68,18 +68,11 @@ def take_rows(rows: RowMatrix, index: np.ndarray, size: int,
     data, in place of all rows on every device.
     """
     flat = np.asarray(index).reshape(-1)
-    valid = flat >= 0
-    safe = np.where(valid, flat, 0)
-    lengths = np.where(valid, rows.indptr[safe + 1] - rows.indptr[safe], 0)
-    starts = np.repeat(rows.indptr[safe], lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    pos = starts + offsets
+    local, pos = select_rows(rows, flat)
     if len(pos) > size:
         raise ValueError(f"{len(pos)} entries exceed the {size} slots")
-    local = RowMatrix(indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                      cols=rows.cols[pos], values=rows.values[pos], num_cols=rows.num_cols)
     extra = {name: np.asarray(a)[pos] for name, a in (fields or {}).items()}
-    local_index = np.where(valid, np.arange(len(flat)), -1).astype(np.int32)
+    local_index = np.where(flat >= 0, np.arange(len(flat)), -1).astype(np.int32)
     return to_device_rows(local, size, extra), local_index.reshape(np.shape(index))
 
 

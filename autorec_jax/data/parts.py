@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autorec_jax.data.ratings import RowMatrix
+from autorec_jax.data.ratings import RowMatrix, select_rows
 from autorec_jax.data.sources import temp_name
 from autorec_jax.errors import ConfigError, DataError
 
@@ -136,7 +136,7 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
         for p, rows in enumerate(owners):
             arrays = {"rows": rows}
             for name, matrix in matrices.items():
-                sub, pos = _take(matrix, rows)
+                sub, pos = select_rows(matrix, rows)
                 arrays.update({f"{name}_indptr": sub.indptr, f"{name}_cols": sub.cols,
                                f"{name}_values": sub.values})
                 lengths[f"{name}_{p}"] = sub.row_lengths.astype(np.int32)
@@ -281,16 +281,6 @@ def device_parts(info: PartsInfo, data_size: int) -> list[range]:
                           f"{data_size} data devices; write a multiple of {data_size} parts")
     k = info.num_parts // data_size
     return [range(d * k, (d + 1) * k) for d in range(data_size)]
-
-
-def _take(matrix: RowMatrix, rows: np.ndarray) -> tuple[RowMatrix, np.ndarray]:
-    """The given rows as their own CSR, and the positions of their entries in `matrix`."""
-    lengths = matrix.row_lengths[rows]
-    starts = np.repeat(matrix.indptr[rows], lengths)
-    pos = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    sub = RowMatrix(indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                    cols=matrix.cols[pos], values=matrix.values[pos], num_cols=matrix.num_cols)
-    return sub, pos
 
 
 def _part_file(p: int) -> str:

@@ -202,6 +202,22 @@ class RowMatrix:
         return np.diff(self.indptr)
 
 
+def select_rows(matrix: RowMatrix, index: np.ndarray) -> tuple[RowMatrix, np.ndarray]:
+    """The rows `index` (int [K]; a negative entry gives an empty row) as their own CSR, in
+    that order, and the positions of their entries in `matrix` (to carry per-entry arrays
+    along)."""
+    index = np.asarray(index)
+    valid = index >= 0
+    safe = np.where(valid, index, 0)
+    lengths = np.where(valid, matrix.indptr[safe + 1] - matrix.indptr[safe], 0)
+    starts = np.repeat(matrix.indptr[safe], lengths)
+    pos = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    selected = RowMatrix(indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                         cols=matrix.cols[pos], values=matrix.values[pos],
+                         num_cols=matrix.num_cols)
+    return selected, pos
+
+
 def row_matrix(ratings: Ratings, orientation: str = "item") -> RowMatrix:
     """CSR rows of R: items x users for "item" (I-AutoRec), users x items for "user".
 
