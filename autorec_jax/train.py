@@ -23,7 +23,7 @@ from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
 from autorec_jax.optim import create_optimizer
-from autorec_jax.parallel import Parallel, axis_index_if, psum_if
+from autorec_jax.dist.parallel import Parallel, axis_index_if, psum_if
 from autorec_jax.rows import DeviceRows, densify_fields
 
 PyTree = Any

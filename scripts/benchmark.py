@@ -46,9 +46,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from autorec_jax import config as config_lib, placement, reporting  # noqa: E402
+from autorec_jax import config as config_lib  # noqa: E402
+from autorec_jax.dist import placement
+from autorec_jax.run import reporting
 from autorec_jax.data import batching  # noqa: E402
-from autorec_jax.experiment import evaluate, run_epoch, setup  # noqa: E402
+from autorec_jax.run.experiment import evaluate, run_epoch, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +124,7 @@ def matmul_flops_per_step(config, row_width: int) -> int:
 
 def checkpoint_overhead(config, ratings, repeats: int) -> dict:
     """Saving time over training time of the recipe's run into a fresh run folder."""
-    from autorec_jax.experiment import train_and_evaluate
+    from autorec_jax.run.experiment import train_and_evaluate
     ratios = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
@@ -170,8 +172,8 @@ SCALE_SHAPES = ("ml-100k", "ml-20m", "netflix")
 def scale_cell(cell: dict) -> dict:
     """One cell of the --scale table, in this process: {"epoch_seconds", ...}."""
     import resource
-    from autorec_jax.experiment import train_and_evaluate
-    from autorec_jax import preflight
+    from autorec_jax.run.experiment import train_and_evaluate
+    from autorec_jax.run import preflight
     start = time.perf_counter()
     if cell["shape"] == "ml-100k":
         from autorec_jax.data import movielens

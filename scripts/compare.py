@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
+from autorec_jax.run.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
 from autorec_jax.errors import ConfigError  # noqa: E402
 
 PROG = "compare.py"
@@ -33,7 +33,7 @@ EXTRA = {
 
 def _tables(args):
     """(table a, table b): read from --results, or run both protocols."""
-    from autorec_jax import protocol  # imports JAX's backends lazily
+    from autorec_jax.studies import protocol  # imports JAX's backends lazily
 
     if args.results is not None:
         if args.a is not None or args.b is not None or args.splits is not None:
@@ -55,7 +55,7 @@ def _tables(args):
 
 def main(argv: list[str] | None = None) -> int:
     _, args = parse_run_args(__doc__, argv, extra=EXTRA)
-    from autorec_jax import protocol
+    from autorec_jax.studies import protocol
 
     def body() -> int:
         table_a, table_b = _tables(args)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax import cli, config as config_lib, preflight  # noqa: E402
+from autorec_jax import config as config_lib  # noqa: E402
+from autorec_jax.run import cli, preflight
 from autorec_jax.data import loading, movielens, parts  # noqa: E402
 from autorec_jax.data.sources import atomic_path, clean_stale_temps  # noqa: E402
 from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
+from autorec_jax.run.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
 from autorec_jax.config import replace  # noqa: E402
 from autorec_jax.errors import ConfigError  # noqa: E402
 
@@ -90,7 +90,7 @@ def member_configs(base, args) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     base, args = parse_run_args(__doc__, argv, extra=EXTRA)
-    from autorec_jax import ensemble  # imports JAX
+    from autorec_jax.studies import ensemble  # imports JAX
 
     def body() -> int:
         result = ensemble.train_ensemble(member_configs(base, args), out_dir=args.out,

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from autorec_jax.errors import AutoRecError
-    from autorec_jax.plots import metrics_path, plot_runs
+    from autorec_jax.studies.plots import metrics_path, plot_runs
 
     out = args.out or (str(metrics_path(args.runs[0]).parent / "curves.png")
                        if len(args.runs) == 1 else "curves.png")

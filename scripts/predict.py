@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Predicted ratings for (user, item) pairs from a trained run: a thin CLI over
-autorec_jax.recommend.predict_pairs.
+autorec_jax.serve.recommend.predict_pairs.
 
   python scripts/predict.py runs/d2l pairs.csv --out predictions.csv
   python scripts/predict.py runs/d2l pairs.csv --out predictions.csv --cold-start 3
@@ -43,18 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, load_run=None) -> int:
-    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.checkpoint's."""
+    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.run.checkpoint's."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
-    from autorec_jax import recommend, runtime
+    from autorec_jax.serve import recommend
+    from autorec_jax.run import runtime
     from autorec_jax.errors import AutoRecError
 
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
     if load_run is None:
-        from autorec_jax.checkpoint import load_run
+        from autorec_jax.run.checkpoint import load_run
     try:
         users, items = recommend.read_pairs(args.pairs)
         run = load_run(args.run)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
+from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 
 PROG = "protocol.py"
 EXTRA = {"--splits": dict(default="book:0-4",
@@ -30,7 +30,7 @@ EXTRA = {"--splits": dict(default="book:0-4",
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_run_args(__doc__, argv, extra=EXTRA)
-    from autorec_jax import protocol  # imports JAX's backends lazily
+    from autorec_jax.studies import protocol  # imports JAX's backends lazily
 
     def body() -> int:
         plan = protocol.split_plan(args.splits, config)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A user's top-K items from a trained run: a thin CLI over autorec_jax.recommend.top_k.
+"""A user's top-K items from a trained run: a thin CLI over autorec_jax.serve.recommend.top_k.
 
   python scripts/recommend.py runs/d2l --user 196             # top 10, titled for MovieLens
   python scripts/recommend.py runs/d2l --user 196 --top 20 --json
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, load_run=None) -> int:
-    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.checkpoint's."""
+    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.run.checkpoint's."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.top < 1:
@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None, *, load_run=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
     # Imported here so that --help and usage errors do not wait for JAX.
-    from autorec_jax import recommend, runtime
+    from autorec_jax.serve import recommend
+    from autorec_jax.run import runtime
     from autorec_jax.errors import AutoRecError
 
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
     if load_run is None:
-        from autorec_jax.checkpoint import load_run
+        from autorec_jax.run.checkpoint import load_run
     try:
         run = load_run(args.run)
         config = run.config

@@ -5,7 +5,7 @@
   python scripts/sweep.py --grid all --seeds 0,1,2 --out runs/sweep  # hidden, depth, activation
   python scripts/sweep.py --grid paper --preset paper --retrain false  # the paper's lambda grid
 
-Grids (autorec_jax/sweep.py GRIDS): hidden (10..1000 units), depth (1..4 hidden layers),
+Grids (autorec_jax/studies/sweep.py GRIDS): hidden (10..1000 units), depth (1..4 hidden layers),
 activation (encoder x decoder), paper (lambda x hidden). Every run keeps its best-validation
 epoch (early stopping) and is scored on test once; one line per finished run is printed and
 appended to <out>/results.csv; <out>/<grid>.md and <grid>.png summarise each grid, the best
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
+from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 from autorec_jax.errors import ConfigError  # noqa: E402
 
 PROG = "sweep.py"
@@ -86,11 +86,11 @@ def _defaults(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config, args = parse_run_args(__doc__, _defaults(argv) + list(argv), extra=EXTRA)
-    from autorec_jax import sweep, sweep_report  # imports JAX
+    from autorec_jax.studies import sweep, sweep_report  # imports JAX
 
     # One line per finished run (the sweep's log), the runs' own epoch lines only on demand.
     logging.getLogger("autorec_jax").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    logging.getLogger("autorec_jax.sweep").setLevel(
+    logging.getLogger("autorec_jax.studies.sweep").setLevel(
         logging.WARNING if args.quiet else logging.INFO)
     out = Path(args.out or DEFAULT_OUT).expanduser()
     if args.grid != "all" and args.grid not in sweep.GRIDS:

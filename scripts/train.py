@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from autorec_jax.cli import parse_run_args, run_main  # noqa: E402
+from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 
 PROG = "train.py"
 EXTRA = {
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopOnInterrupt(args.quiet)
     signal.signal(signal.SIGINT, stop)
 
-    from autorec_jax.experiment import train_and_evaluate  # imports JAX's backends lazily
-    from autorec_jax.parallel import initialize_distributed
+    from autorec_jax.run.experiment import train_and_evaluate  # imports JAX's backends lazily
+    from autorec_jax.dist.parallel import initialize_distributed
 
     def body() -> int:
         # Before any device is touched; nothing happens without a coordinator address.

@@ -12,7 +12,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import v1 as ocp
 
-from autorec_jax import checkpoint, config as config_lib
+from autorec_jax import config as config_lib
+from autorec_jax.run import checkpoint
 from autorec_jax.errors import CheckpointError
 from autorec_jax.train import TrainState, create_train_state
 

@@ -8,12 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from autorec_jax import cli, coldstart, config as config_lib
+from autorec_jax import config as config_lib
+from autorec_jax.run import cli
+from autorec_jax.data import coldstart
 from autorec_jax.data import loading
 from autorec_jax.data.ratings import Ratings, row_matrix, to_dense
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import summarize
-from autorec_jax.experiment import evaluate, setup, train_and_evaluate
+from autorec_jax.run.experiment import evaluate, setup, train_and_evaluate
 from synthetic import random_ratings
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")

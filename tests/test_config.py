@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from autorec_jax import cli, config as config_lib
+from autorec_jax import config as config_lib
+from autorec_jax.run import cli
 from autorec_jax.errors import ConfigError
 
 

@@ -194,7 +194,7 @@ def test_training_on_a_ratings_file_records_data_split_and_ids(tmp_path):
         zip(r.users, r.items, r.ratings, r.timestamps)))
     config = config_lib.replace(config_lib.tiny(), ratings=str(path), split="ratio",
                                 valid_ratio=0.1, epochs=2, parallel="jit")
-    from autorec_jax.experiment import train_and_evaluate
+    from autorec_jax.run.experiment import train_and_evaluate
     result = train_and_evaluate(config, tmp_path / "run")
     data = result.summary["data"]
     assert data["dataset"] == f"file:{path}" and data["split"] == "ratio"

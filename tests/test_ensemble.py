@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import ensemble
+from autorec_jax.studies import ensemble
 from autorec_jax.data import splits
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import ConfigError

@@ -11,7 +11,7 @@ import pytest
 from autorec_jax import config as config_lib
 from autorec_jax.data import movielens, splits
 from autorec_jax.data.ratings import row_matrix, to_dense
-from autorec_jax.experiment import train_and_evaluate
+from autorec_jax.run.experiment import train_and_evaluate
 
 # Final test RMSE of the book's own code on the same split draws: MXNet for seeds 0-2 (from
 # the project's reference notes), the faithful PyTorch port scripts/reference_pytorch.py

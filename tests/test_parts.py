@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from autorec_jax import coldstart
+from autorec_jax.data import coldstart
 from autorec_jax.data import loading, parts
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import ConfigError, DataError, TrainingInterrupted
-from autorec_jax.experiment import train_and_evaluate
+from autorec_jax.run.experiment import train_and_evaluate
 from synthetic import random_ratings
 from test_train import toy_config
 
@@ -112,7 +112,7 @@ def test_sharded_runs_from_parts_equal_jit_runs_from_parts(folder, model):
 def test_a_parts_run_scores_like_the_same_model_on_the_whole_split(folder, ratings):
     """Evaluation over parts is evaluation over all rows: the parts run's final params,
     scored by a run that loaded the whole split, give the same test RMSE."""
-    from autorec_jax.experiment import evaluate, setup
+    from autorec_jax.run.experiment import evaluate, setup
     result, params = run(parts_config(folder))
     whole, _ = setup(parts_config(None), ratings)
     scores = evaluate(whole, params)

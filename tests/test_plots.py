@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autorec_jax import plots
+from autorec_jax.studies import plots
 from autorec_jax.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from autorec_jax import config as config_lib, preflight
+from autorec_jax import config as config_lib
+from autorec_jax.run import preflight
 from autorec_jax.errors import ConfigError
 
 ML100K_ROWS, ML100K_WIDTH = 1682, 943  # I-AutoRec on MovieLens 100K: items x users

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import protocol, stats
+from autorec_jax.studies import protocol, stats
 from autorec_jax.errors import ConfigError
 from synthetic import random_ratings, udata_text
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autorec_jax import config as config_lib
-from autorec_jax import recommend
+from autorec_jax.serve import recommend
 from autorec_jax.data import loading
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import DataError
@@ -147,7 +147,7 @@ def test_top_k_unknown_user_is_a_one_line_error():
 
 def test_predictions_of_a_trained_run_reproduce_its_test_rmse():
     try:
-        from autorec_jax.experiment import train_and_evaluate
+        from autorec_jax.run.experiment import train_and_evaluate
     except ImportError:
         from autorec_jax.train import train_and_evaluate
     config = make_config(parallel="jit", epochs=3, batch_size=8)
@@ -183,7 +183,7 @@ def test_read_pairs_with_or_without_header_and_bad_lines(tmp_path):
         recommend.read_pairs(tmp_path / "missing.csv")
 
 
-# --- the CLIs, with a run built here (autorec_jax.checkpoint.load_run is not used) ---
+# --- the CLIs, with a run built here (autorec_jax.run.checkpoint.load_run is not used) ---
 
 @dataclasses.dataclass(frozen=True)
 class Run:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autorec_jax import reporting
+from autorec_jax.run import reporting
 
 
 def strict_loads(line):

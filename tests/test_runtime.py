@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import runtime
+from autorec_jax.run import runtime
 from autorec_jax.errors import ConfigError
 from synthetic import random_ratings
 from test_train import toy_config

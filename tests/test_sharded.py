@@ -11,8 +11,8 @@ from autorec_jax import config as config_lib
 from autorec_jax.data import batching
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import ConfigError
-from autorec_jax.experiment import train_and_evaluate
-from autorec_jax.parallel import MODEL_AXIS, Parallel
+from autorec_jax.run.experiment import train_and_evaluate
+from autorec_jax.dist.parallel import MODEL_AXIS, Parallel
 from autorec_jax.rows import to_device_rows
 from autorec_jax.train import create_train_state, make_train_step, train_epoch
 from synthetic import random_ratings

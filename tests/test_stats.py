@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from autorec_jax import stats
+from autorec_jax.studies import stats
 
 # Published two-sided critical values (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2).
 TABLE = [(0.975, 1, 12.7062), (0.975, 4, 2.776445), (0.975, 9, 2.262157),

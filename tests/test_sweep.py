@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import sweep, sweep_report
+from autorec_jax.studies import sweep, sweep_report
 from autorec_jax.errors import ConfigError, TrainingDivergedError
 from synthetic import random_ratings, udata_text
 

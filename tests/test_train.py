@@ -14,9 +14,9 @@ from autorec_jax.data import batching
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import TrainingDivergedError
 from autorec_jax.losses import observed_mask
-from autorec_jax.parallel import Parallel
+from autorec_jax.dist.parallel import Parallel
 from autorec_jax.rows import to_device_rows
-from autorec_jax.experiment import train_and_evaluate
+from autorec_jax.run.experiment import train_and_evaluate
 from autorec_jax.train import create_train_state, train_epoch, train_step
 from synthetic import random_ratings
 from test_model import dot_precisions

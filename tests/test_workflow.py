@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import checkpoint
+from autorec_jax.run import checkpoint
 from autorec_jax.errors import (CheckpointError, ConfigError, TrainingDivergedError,
                                 TrainingInterrupted)
 from synthetic import random_ratings, udata_text
@@ -278,7 +278,7 @@ def test_progress_bar_shows_loss_rmse_and_rate_instead_of_epoch_lines(tmp_path, 
                                                                       caplog):
     import logging
     import tqdm
-    from autorec_jax import experiment
+    from autorec_jax.run import experiment
 
     class NoDelay(tqdm.tqdm):  # the real bar waits 2 s before showing itself
         def __init__(self, *args, **kwargs):

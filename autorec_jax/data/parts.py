@@ -95,7 +95,8 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
     Raises:
       ConfigError: a bad count, or `out_dir` exists.
     """
-    from autorec_jax import checkpoint, coldstart
+    from autorec_jax.run import checkpoint
+    from autorec_jax.data import coldstart
     from autorec_jax.data import loading
     from autorec_jax.data.ratings import row_matrix
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 import autorec_jax as ar  # noqa: E402
-from autorec_jax.cli import parse_run_args  # noqa: E402
+from autorec_jax.run.cli import parse_run_args  # noqa: E402
 
 
 def hidden_l1_loss(weight: float):

@@ -15,7 +15,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 import autorec_jax as ar  # noqa: E402
-from autorec_jax.cli import parse_run_args  # noqa: E402
+from autorec_jax.run.cli import parse_run_args  # noqa: E402
 
 OPTIMIZERS = {
     "lion": lambda o: optax.lion(o.lr, b1=o.b1, weight_decay=o.weight_decay),

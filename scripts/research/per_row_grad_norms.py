@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 import autorec_jax as ar  # noqa: E402
-from autorec_jax.cli import parse_run_args  # noqa: E402
+from autorec_jax.run.cli import parse_run_args  # noqa: E402
 from autorec_jax.data import row_matrix, to_dense  # noqa: E402
 
 

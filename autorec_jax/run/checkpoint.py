@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from orbax.checkpoint import v1 as ocp
 
-from autorec_jax import reporting
+from autorec_jax.run import reporting
 from autorec_jax.config import Config, config_from_dict, flatten, to_dict
 from autorec_jax.errors import AutoRecError, CheckpointError, ConfigError
 from autorec_jax.model import create_model, init_params

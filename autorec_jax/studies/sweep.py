@@ -20,8 +20,8 @@ from autorec_jax import config as config_lib
 from autorec_jax.config import Config
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import ConfigError, TrainingDivergedError
-from autorec_jax.experiment import train_and_evaluate
-from autorec_jax.reporting import write_csv, write_json
+from autorec_jax.run.experiment import train_and_evaluate
+from autorec_jax.run.reporting import write_csv, write_json
 
 log = logging.getLogger(__name__)
 Overrides = dict

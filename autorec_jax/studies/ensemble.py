@@ -15,14 +15,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autorec_jax import coldstart, preflight, reporting
+from autorec_jax.data import coldstart
+from autorec_jax.run import preflight, reporting
 from autorec_jax.config import Config, DataConfig, to_dict
 from autorec_jax.data.ratings import Ratings, row_matrix
 from autorec_jax.data.sources import atomic_write_bytes
 from autorec_jax.errors import ConfigError, DataError
-from autorec_jax.experiment import Experiment, TrainResult, train_and_evaluate
-from autorec_jax.parallel import fetch
-from autorec_jax.recommend import predict_entries
+from autorec_jax.run.experiment import Experiment, TrainResult, train_and_evaluate
+from autorec_jax.dist.parallel import fetch
+from autorec_jax.serve.recommend import predict_entries
 
 log = logging.getLogger(__name__)
 PyTree = Any

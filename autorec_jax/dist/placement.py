@@ -16,12 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from autorec_jax import checkpoint, coldstart
+from autorec_jax.run import checkpoint
+from autorec_jax.data import coldstart
 from autorec_jax.data import batching, loading, parts as parts_lib
 from autorec_jax.data.ratings import Ratings, RowMatrix, csr_order, row_matrix
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData
-from autorec_jax.parallel import Parallel
+from autorec_jax.dist.parallel import Parallel
 from autorec_jax.rows import take_rows, to_device_rows
 
 

@@ -15,7 +15,8 @@ import shlex
 import sys
 import typing
 
-from autorec_jax import config as config_lib, preflight, runtime
+from autorec_jax import config as config_lib
+from autorec_jax.run import preflight, runtime
 from autorec_jax.errors import ConfigError
 
 

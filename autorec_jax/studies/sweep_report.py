@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from autorec_jax.data.sources import atomic_path, atomic_write_bytes
-from autorec_jax.sweep import summarize_grid
+from autorec_jax.studies.sweep import summarize_grid
 
 RULE = ("Chosen by mean validation RMSE over seeds (marked **best**); the test RMSE is "
         "reported, never used to choose.")

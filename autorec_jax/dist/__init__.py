@@ -1,0 +1,1 @@
+"""Devices: compiling one per-device function for jit, pmap or a mesh; data layouts."""

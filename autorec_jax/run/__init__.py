@@ -1,0 +1,1 @@
+"""The run machinery: setup, the loop, run folders, checkpoints, reports, CLI."""

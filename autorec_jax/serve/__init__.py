@@ -1,0 +1,1 @@
+"""Serving a saved run: load it, predict pairs, recommend top-k."""

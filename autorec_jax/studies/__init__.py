@@ -1,0 +1,1 @@
+"""Studies over many runs: protocols, sweeps, ensembles, statistics, plots."""
