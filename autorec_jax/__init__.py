@@ -51,7 +51,7 @@ from autorec_jax.errors import (AutoRecError, CheckpointError, ChecksumError, Co
 __version__ = "0.2.0"
 
 _LAZY_MODULES = {
-    "autorec_jax.run.checkpoint": ("Run", "load_run"),
+    "autorec_jax.serve.load": ("Run", "load_run"),
     "autorec_jax.data.coldstart": ("cold_mask", "fallback_values"),
     "autorec_jax.studies.ensemble": ("EnsembleResult", "apply_blend", "fit_blend", "predict_heldout",
                              "train_ensemble"),
@@ -70,11 +70,12 @@ _LAZY_MODULES = {
     "autorec_jax.mixed_precision": ("low_precision_matmul",),
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),
     "autorec_jax.dist.parallel": ("Parallel",),
+    "autorec_jax.dist.steps": ("make_train_step",),
     "autorec_jax.research": ("per_row_grads",),
     "autorec_jax.studies.stats": ("mean_ci", "paired_t", "t_cdf", "t_quantile"),
     "autorec_jax.studies.sweep": ("run_grid", "summarize_grid"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
-                          "create_train_state", "layer_norms", "make_train_step",
+                          "create_train_state", "layer_norms",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
@@ -92,3 +93,7 @@ __all__ = sorted([
     "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "honest", "paper",
     "replace", "tiny",
     *_LAZY])
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

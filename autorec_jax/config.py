@@ -31,6 +31,10 @@ SPLITS = ("random", "seq-aware", "ratio", "kfold", "leave-last", "ml100k-u1", "m
           "ml100k-u3", "ml100k-u4", "ml100k-u5", "ml100k-ua", "ml100k-ub")
 RATINGS_FORMATS = ("auto", "delimited", "netflix")
 DUPLICATE_POLICIES = ("error", "keep-last", "mean")
+COLUMN_ROLES = ("user", "item", "rating", "timestamp")   # data/readers.py's ROLES, SKIP, ...
+SKIP_COLUMN = "-"
+HEADER_CHOICES = ("auto", "yes", "no")
+ID_TYPES = ("auto", "int", "str")
 ORIENTATIONS = ("item", "user")
 OPTIMIZERS = ("adam", "sgd", "rprop")
 DECAY_STYLES = ("coupled", "decoupled")
@@ -121,17 +125,17 @@ class DataConfig:
         _check_choice(self.duplicates, "data.duplicates", DUPLICATE_POLICIES)
         _check(self.parts is None or (isinstance(self.parts, str) and self.parts.strip() != ""),
                "data.parts", "None or a folder (str)", self.parts)
-        self.format()  # validates sep, columns, header, id_type
-
-    def format(self):
-        """The `readers.Format` for a `ratings` file."""
-        from autorec_jax.data.readers import Format
-        columns = None if self.columns is None else tuple(
-            c.strip() for c in self.columns.split(","))
-        return Format(sep=self.sep, columns=columns, header=self.header,
-                      rating_scale=None if self.rating_scale is None else tuple(
-                          float(v) for v in self.rating_scale),
-                      duplicates=self.duplicates, id_type=self.id_type)
+        roles = [c.strip() for c in (self.columns or ",".join(COLUMN_ROLES)).split(",")]
+        roles = [c for c in roles if c != SKIP_COLUMN]
+        _check(all(c in COLUMN_ROLES for c in roles) and len(set(roles)) == len(roles)
+               and {"user", "item", "rating"} <= set(roles), "data.columns",
+               "user, item and rating once each (and optionally timestamp, '-' to skip a "
+               "field)", self.columns)
+        _check_choice(self.header, "data.header", HEADER_CHOICES)
+        _check_choice(self.id_type, "data.id_type", ID_TYPES)
+        _check(self.sep is None or (isinstance(self.sep, str) and self.sep != ""
+                                    and "\n" not in self.sep and '"' not in self.sep),
+               "data.sep", "a non-empty separator", self.sep)
 
 
 @dataclasses.dataclass(frozen=True)

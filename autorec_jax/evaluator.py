@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autorec_jax.dist.parallel import psum_if
+from autorec_jax.collectives import psum_if
 from autorec_jax.rows import DeviceRows, densify, densify_fields
 
 PyTree = Any

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autorec_jax.data.ratings import RowMatrix, select_rows
-
 
 @flax.struct.dataclass
 class DeviceRows:
@@ -30,9 +28,10 @@ class DeviceRows:
     fields: dict = flax.struct.field(default_factory=dict)
 
 
-def to_device_rows(rows: RowMatrix, pad_to: int | None = None,
+def to_device_rows(rows, pad_to: int | None = None,
                    fields: dict[str, np.ndarray] | None = None) -> DeviceRows:
-    """Host CSR -> `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer.
+    """Host CSR (`data.ratings.RowMatrix`: indptr, cols, values, nnz, num_cols) ->
+    `DeviceRows` (int32 indices, float32 values) as NumPy, ready to transfer.
 
     `pad_to` lengthens cols/values with unused zeros, so that several matrices share one
     shape (and one compiled executable); entries past indptr[-1] are never read. `fields`
@@ -56,24 +55,6 @@ def to_device_rows(rows: RowMatrix, pad_to: int | None = None,
     return DeviceRows(indptr=np.asarray(rows.indptr, np.int32), cols=padded(rows.cols, np.int32),
                       values=padded(rows.values, np.float32), num_cols=rows.num_cols,
                       fields=extra)
-
-
-def take_rows(rows: RowMatrix, index: np.ndarray, size: int,
-              fields: dict[str, np.ndarray] | None = None) -> tuple[DeviceRows, np.ndarray]:
-    """The rows `index` (int, any shape, negative = padding) as their own CSR, in order.
-
-    Returns (`DeviceRows` as NumPy with `size` entry slots, the local index: position k of
-    `index` becomes row k, padding stays negative). A device given only these rows and
-    the local index builds exactly the batches `index` names: a device's share of the
-    data, in place of all rows on every device.
-    """
-    flat = np.asarray(index).reshape(-1)
-    local, pos = select_rows(rows, flat)
-    if len(pos) > size:
-        raise ValueError(f"{len(pos)} entries exceed the {size} slots")
-    extra = {name: np.asarray(a)[pos] for name, a in (fields or {}).items()}
-    local_index = np.where(flat >= 0, np.arange(len(flat)), -1).astype(np.int32)
-    return to_device_rows(local, size, extra), local_index.reshape(np.shape(index))
 
 
 def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:

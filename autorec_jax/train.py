@@ -10,7 +10,6 @@ example, so that a caller can hold the globally summed gradients between the pie
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.training.train_state
@@ -23,7 +22,7 @@ from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
 from autorec_jax.optim import create_optimizer
-from autorec_jax.dist.parallel import Parallel, axis_index_if, psum_if
+from autorec_jax.collectives import axis_index_if, psum_if
 from autorec_jax.rows import DeviceRows, densify_fields
 
 PyTree = Any
@@ -225,29 +224,3 @@ def complete_batch(batch: dict) -> dict:
     out.setdefault("mask", ratings != 0)
     out.setdefault("row_mask", jnp.ones(ratings.shape[:1], bool))
     return out
-
-
-def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
-                    loss_fn: LossFn | None = None, grad_transform: GradTransform | None = None,
-                    donate: bool = True) -> Callable:
-    """A compiled `train_step` for the caller's own loop on the caller's own dense batches.
-
-    Returns `step_fn(state, batch, rng) -> (state, metrics)`: `batch` holds "ratings" float32
-    [B, N] and optionally "mask", "row_mask", "weights" and other [B, ...] fields (see
-    `compute_grads`); under pmap or sharded the function splits its rows over the devices
-    itself (padding with no-op rows), so the loop never branches on the mode. Place the
-    state once with `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width;
-    with a model axis it splits the N-sized axes). With `donate`, the old state is deleted
-    by each call: never reuse it.
-    """
-    parallel = Parallel.create(parallel, config.train.model_parallel)
-    compiled = parallel.compile(
-        functools.partial(train_step, config=config, loss_fn=loss_fn,
-                          grad_transform=grad_transform),
-        in_axes=(None, 0, None), donate_argnums=(0,) if donate else ())
-
-    def step_fn(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        return compiled(state, parallel.shard_rows(complete_batch(batch)), rng)
-
-    step_fn.parallel = parallel
-    return step_fn

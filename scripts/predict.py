@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, load_run=None) -> int:
-    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.run.checkpoint's."""
+    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.serve.load's."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None, *, load_run=None) -> int:
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
     if load_run is None:
-        from autorec_jax.run.checkpoint import load_run
+        from autorec_jax.serve.load import load_run
     try:
         users, items = recommend.read_pairs(args.pairs)
         run = load_run(args.run)

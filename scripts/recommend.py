@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, load_run=None) -> int:
-    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.run.checkpoint's."""
+    """Runs the CLI; `load_run(run_dir) -> Run` defaults to autorec_jax.serve.load's."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.top < 1:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None, *, load_run=None) -> int:
     if args.compilation_cache != "off":
         runtime.enable_compilation_cache(args.compilation_cache)
     if load_run is None:
-        from autorec_jax.run.checkpoint import load_run
+        from autorec_jax.serve.load import load_run
     try:
         run = load_run(args.run)
         config = run.config

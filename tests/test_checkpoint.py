@@ -13,7 +13,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import v1 as ocp
 
 from autorec_jax import config as config_lib
+from autorec_jax.data.ratings import data_fingerprint
 from autorec_jax.run import checkpoint
+from autorec_jax.serve.load import load_run
 from autorec_jax.errors import CheckpointError
 from autorec_jax.train import TrainState, create_train_state
 
@@ -216,7 +218,7 @@ def test_crash_mid_replacement_brings_the_old_copy_back(tmp_path, monkeypatch):
 def test_run_identity_refuses_another_config_or_other_data(tmp_path):
     config = config_lib.tiny()
     ratings = np.array([[1, 2, 4.0], [2, 3, 5.0]])
-    fingerprint = checkpoint.data_fingerprint(ratings, np.arange(3))
+    fingerprint = data_fingerprint(ratings, np.arange(3))
     checkpoint.write_run_identity(tmp_path, config_lib.to_dict(config), fingerprint)
     checkpoint.check_run_identity(tmp_path, config_lib.to_dict(config), fingerprint)
     longer = config_lib.replace(config, epochs=config.train.epochs + 5, eval_every=2)
@@ -226,7 +228,7 @@ def test_run_identity_refuses_another_config_or_other_data(tmp_path):
         checkpoint.check_run_identity(tmp_path, config_lib.to_dict(wider), fingerprint)
     with pytest.raises(CheckpointError, match="the data differ"):
         checkpoint.check_run_identity(tmp_path, config_lib.to_dict(config),
-                                      checkpoint.data_fingerprint(ratings[:1], np.arange(3)))
+                                      data_fingerprint(ratings[:1], np.arange(3)))
     with pytest.raises(CheckpointError, match="run.json: missing"):
         checkpoint.check_run_identity(tmp_path / "elsewhere", config_lib.to_dict(config),
                                       fingerprint)
@@ -249,11 +251,11 @@ def test_a_run_recorded_before_a_field_existed_resumes_with_its_default(tmp_path
 
 def test_data_fingerprint_sees_values_shapes_and_dtypes():
     a = np.arange(6, dtype=np.int32)
-    prints = {checkpoint.data_fingerprint(a), checkpoint.data_fingerprint(a.reshape(2, 3)),
-              checkpoint.data_fingerprint(a.astype(np.int64)),
-              checkpoint.data_fingerprint(a + (a == 5)), checkpoint.data_fingerprint(a[:3], a[3:])}
+    prints = {data_fingerprint(a), data_fingerprint(a.reshape(2, 3)),
+              data_fingerprint(a.astype(np.int64)),
+              data_fingerprint(a + (a == 5)), data_fingerprint(a[:3], a[3:])}
     assert len(prints) == 5
-    assert checkpoint.data_fingerprint(a) == checkpoint.data_fingerprint(a.copy())
+    assert data_fingerprint(a) == data_fingerprint(a.copy())
 
 
 def test_config_from_dict_inverts_to_dict_after_json():
@@ -275,15 +277,15 @@ def test_load_run_round_trip(tmp_path, orientation):
     (tmp_path / "ids.json").write_text(json.dumps(
         {"orientation": orientation, "users": users, "items": items}))
     with pytest.raises(CheckpointError, match="model: no such"):
-        checkpoint.load_run(tmp_path)
+        load_run(tmp_path)
     checkpoint.save_params(tmp_path / "model", params)
-    run = checkpoint.load_run(tmp_path)
+    run = load_run(tmp_path)
     assert run.config == config and run.orientation == orientation and run.summary is None
     assert run.user_ids.tolist() == users and run.item_ids.tolist() == items
     chex.assert_trees_all_equal(run.params, params)
     (tmp_path / "summary.json").write_text(json.dumps({"test_rmse": 0.9}))
-    assert checkpoint.load_run(tmp_path).summary == {"test_rmse": 0.9}
+    assert load_run(tmp_path).summary == {"test_rmse": 0.9}
     chex.assert_trees_all_equal(checkpoint.load_params(tmp_path / "model"), params)
     (tmp_path / "run.json").unlink()
     with pytest.raises(CheckpointError, match="run.json: missing"):
-        checkpoint.load_run(tmp_path)
+        load_run(tmp_path)

@@ -6,6 +6,8 @@ import dataclasses
 import pytest
 
 from autorec_jax import config as config_lib
+from autorec_jax.data import coldstart, readers
+from autorec_jax.data.loading import file_format
 from autorec_jax.run import cli
 from autorec_jax.errors import ConfigError
 
@@ -134,6 +136,26 @@ def test_tuple_flag_with_an_empty_element_exits_2_naming_the_flag(argv, capsys):
 
 
 def test_default_columns_take_an_optional_timestamp():
-    assert config_lib.d2l().data.columns is None and config_lib.d2l().data.format().columns is None
+    assert config_lib.d2l().data.columns is None and file_format(config_lib.d2l().data).columns is None
     c = _parse(["--columns", "user,item,rating,-"])
-    assert c.data.format().columns == ("user", "item", "rating", "-")
+    assert file_format(c.data).columns == ("user", "item", "rating", "-")
+
+
+def test_config_choices_match_the_data_layer():
+    # config validates without importing data/ (which sits below it): the copies must agree.
+    assert config_lib.COLUMN_ROLES == readers.ROLES and config_lib.SKIP_COLUMN == readers.SKIP
+    assert config_lib.HEADER_CHOICES == readers.HEADER_CHOICES
+    assert config_lib.ID_TYPES == readers.ID_TYPES
+    assert config_lib.ORIENTATIONS == coldstart.ORIENTATIONS
+    assert config_lib.COLD_START_RULES == coldstart.COLD_START_RULES
+    assert config_lib.COLD_START_NUMBER.pattern == coldstart.COLD_START_NUMBER.pattern
+
+
+@pytest.mark.parametrize("fields, name", [
+    ({"columns": "user,item"}, "data.columns"), ({"columns": "user,item,rating,stars"},
+                                                 "data.columns"),
+    ({"header": "maybe"}, "data.header"), ({"id_type": "float"}, "data.id_type"),
+    ({"sep": ""}, "data.sep")])
+def test_impossible_file_formats_are_refused_by_the_config(fields, name):
+    with pytest.raises(ConfigError, match=name):
+        dataclasses.replace(config_lib.d2l().data, **fields)

@@ -9,6 +9,7 @@ import pytest
 
 import autorec_jax as ar
 from autorec_jax.run import checkpoint
+from autorec_jax.serve.load import load_run
 from autorec_jax.data import splits
 from autorec_jax.errors import ConfigError
 from synthetic import random_ratings
@@ -60,7 +61,7 @@ def test_retrain_trains_on_train_plus_validation_for_the_selected_epochs(tmp_pat
                                               retrain=False, epochs=best), ratings=ratings)
     assert result.summary["test_rmse"] == pytest.approx(direct.summary["test_rmse"], abs=1e-6)
     # The saved model is the retrained one.
-    run = checkpoint.load_run(tmp_path)
+    run = load_run(tmp_path)
     for saved, expected in zip(jax.tree.leaves(run.params),
                                jax.tree.leaves(direct.state.params)):
         np.testing.assert_allclose(np.asarray(saved), np.asarray(expected), atol=1e-6)

@@ -12,7 +12,9 @@ import pytest
 from autorec_jax.data import sources
 from autorec_jax.data.archives import zip_member
 from autorec_jax.data.movielens import parse_udata, recbole_inter_to_udata
-from autorec_jax.data.sources import FileSpec, Source, atomic_write_bytes, locate
+from autorec_jax import fileio
+from autorec_jax.data.sources import FileSpec, Source, locate
+from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import DataError, SourceUnavailableError
 from synthetic import random_ratings, udata_text, zipped
 
@@ -184,7 +186,7 @@ def test_stale_temp_files_of_killed_runs_are_removed_on_next_use(tmp_path):
     mine = folder / "notes.tmp"                                     # not one of our temp names
     for path in (stale[0], fresh, alive, mine):
         path.write_bytes(b"partial")
-    old = time.time() - 2 * sources.STALE_TEMP_SECONDS
+    old = time.time() - 2 * fileio.STALE_TEMP_SECONDS
     for path in (stale[0], alive, mine, stale[1], *stale[1].iterdir()):
         os.utime(path, (old, old))
     locate(spec(Counting(GOOD)), cache_dir=tmp_path)

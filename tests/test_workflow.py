@@ -14,6 +14,7 @@ import pytest
 
 import autorec_jax as ar
 from autorec_jax.run import checkpoint
+from autorec_jax.serve.load import load_run
 from autorec_jax.errors import (CheckpointError, ConfigError, TrainingDivergedError,
                                 TrainingInterrupted)
 from synthetic import random_ratings, udata_text
@@ -65,8 +66,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, rati
         assert ra["train_loss"] == rb["train_loss"] and ra.get("valid_rmse") == rb.get(
             "valid_rmse")
     np.testing.assert_array_equal(
-        jax.device_get(checkpoint.load_run(tmp_path / "cut").params["output"]["kernel"]),
-        jax.device_get(checkpoint.load_run(tmp_path / "whole").params["output"]["kernel"]))
+        jax.device_get(load_run(tmp_path / "cut").params["output"]["kernel"]),
+        jax.device_get(load_run(tmp_path / "whole").params["output"]["kernel"]))
 
 
 def test_resume_after_a_finished_run_rewrites_nothing_and_agrees(tmp_path, ratings):
@@ -134,7 +135,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, ratings):
     assert selection["best_epoch"] == best and selection["stopped_early"]
     assert len(records) == best + 2 < 40  # patience 2
     assert all("test_rmse" not in r for r in records)  # test is scored once, at the end
-    run = checkpoint.load_run(tmp_path)
+    run = load_run(tmp_path)
     experiment, _ = ar.setup(config, ratings)
     scores = ar.evaluate(experiment, run.params)
     assert scores["valid"]["rmse"] == pytest.approx(valid[best - 1], abs=1e-6)
@@ -146,7 +147,7 @@ def test_restored_params_score_under_pmap(tmp_path, ratings):
     # load_run gives params on one device; the pmap evaluation replicates them itself.
     config = workflow_config(epochs=2, valid_ratio=0.0, parallel="pmap")
     result = ar.train_and_evaluate(config, tmp_path, ratings=ratings)
-    scores = ar.evaluate(result.experiment, checkpoint.load_run(tmp_path).params)
+    scores = ar.evaluate(result.experiment, load_run(tmp_path).params)
     assert scores["test"]["rmse"] == pytest.approx(result.summary["test_rmse"], abs=1e-6)
 
 

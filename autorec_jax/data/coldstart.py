@@ -9,10 +9,16 @@ the held-out targets (`eval_fields`) and substitutes on the device.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from autorec_jax.config import COLD_START_NUMBER, COLD_START_RULES, ORIENTATIONS
 from autorec_jax.data.ratings import Ratings, csr_order
+
+# The same choices `config` validates (data/ sits below the config; a test keeps them equal).
+ORIENTATIONS = ("item", "user")
+COLD_START_RULES = ("network", "global-mean", "user-mean", "item-mean")  # or a number
+COLD_START_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")  # "3", "3.5", "-1"
 
 
 def cold_mask(train: Ratings, heldout: Ratings, orientation: str = "item") -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 
 from autorec_jax.data import movielens, netflix, splits
 from autorec_jax.data.ratings import Ratings
-from autorec_jax.data.readers import read_ratings
+from autorec_jax.data.readers import Format, read_ratings
 from autorec_jax.errors import DataError
 
 
@@ -22,7 +22,17 @@ def load_ratings(data, cache_dir=None) -> Ratings:
         scale = tuple(data.rating_scale) if data.rating_scale is not None else (1.0, 5.0)
         return netflix.read_netflix(data.ratings, rating_scale=scale,
                                     duplicates=data.duplicates)
-    return read_ratings(data.ratings, data.format())
+    return read_ratings(data.ratings, file_format(data))
+
+
+def file_format(data) -> Format:
+    """The `readers.Format` a `DataConfig`'s ratings file is read with."""
+    columns = None if data.columns is None else tuple(
+        c.strip() for c in data.columns.split(","))
+    return Format(sep=data.sep, columns=columns, header=data.header,
+                  rating_scale=None if data.rating_scale is None else tuple(
+                      float(v) for v in data.rating_scale),
+                  duplicates=data.duplicates, id_type=data.id_type)
 
 
 def dataset_label(data) -> str:

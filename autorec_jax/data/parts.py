@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from autorec_jax.data.ratings import RowMatrix, select_rows
-from autorec_jax.data.sources import temp_name
+from autorec_jax.fileio import temp_name
 from autorec_jax.errors import ConfigError, DataError
 
 FORMAT = 1
@@ -95,10 +95,8 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
     Raises:
       ConfigError: a bad count, or `out_dir` exists.
     """
-    from autorec_jax.run import checkpoint
-    from autorec_jax.data import coldstart
-    from autorec_jax.data import loading
-    from autorec_jax.data.ratings import row_matrix
+    from autorec_jax.data import coldstart, loading
+    from autorec_jax.data.ratings import data_fingerprint, row_matrix
 
     out = Path(out_dir).expanduser()
     if not isinstance(num_parts, int) or num_parts < 1:
@@ -125,7 +123,7 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
         "num_users": train.num_users, "num_items": train.num_items,
         "ratings": {name: len(part) for name, part in split.items()},
         "rating_range": [float(train.ratings.min()), float(train.ratings.max())],
-        "fingerprint": checkpoint.data_fingerprint(
+        "fingerprint": data_fingerprint(
             *(np.asarray(a) for part in split.values()
               for a in (part.users, part.items, part.ratings))),
     }

@@ -7,6 +7,7 @@ small data, inspection and tests; training densifies one batch of rows at a time
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -254,3 +255,15 @@ def to_dense(rows: RowMatrix) -> np.ndarray:
     dense = np.zeros((rows.num_rows, rows.num_cols), np.float32)
     dense[np.repeat(np.arange(rows.num_rows), rows.row_lengths), rows.cols] = rows.values
     return dense
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-256 (hex) over the dtypes, shapes and bytes of the given NumPy arrays, in order."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        if array.dtype.hasobject:
+            raise TypeError("data_fingerprint needs arrays of fixed-size types, not object")
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

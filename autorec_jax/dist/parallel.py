@@ -65,15 +65,6 @@ PyTree = Any
 log = logging.getLogger(__name__)
 
 
-def psum_if(tree: PyTree, axis_name: str | None) -> PyTree:
-    """lax.psum over `axis_name`, or the identity on a single device."""
-    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
-
-
-def axis_index_if(axis_name: str | None) -> jax.Array | int:
-    return 0 if axis_name is None else jax.lax.axis_index(axis_name)
-
-
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> bool:

@@ -16,14 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from autorec_jax.run import checkpoint
-from autorec_jax.data import coldstart
-from autorec_jax.data import batching, loading, parts as parts_lib
-from autorec_jax.data.ratings import Ratings, RowMatrix, csr_order, row_matrix
+from autorec_jax.data import batching, coldstart, loading, parts as parts_lib
+from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_fingerprint, row_matrix,
+                                      select_rows)
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData
 from autorec_jax.dist.parallel import Parallel
-from autorec_jax.rows import take_rows, to_device_rows
+from autorec_jax.rows import DeviceRows, to_device_rows
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,7 +32,7 @@ class SplitFacts:
     Attributes:
       counts: "train", "valid", "test" -> number of ratings.
       rating_range: (min, max) training rating.
-      fingerprint: () -> the SHA-256 of the split (`checkpoint.data_fingerprint`).
+      fingerprint: () -> the SHA-256 of the split (`data_fingerprint`).
     """
 
     num_users: int
@@ -90,7 +89,7 @@ def load(config, parallel: Parallel, ratings: Ratings | None = None, cache_dir=N
         counts={"train": len(train), "valid": len(valid), "test": len(test)},
         rating_range=(float(train.ratings.min()), float(train.ratings.max())),
         user_ids=train.user_ids, item_ids=train.item_ids,
-        fingerprint=lambda: checkpoint.data_fingerprint(
+        fingerprint=lambda: data_fingerprint(
             *(np.asarray(a) for part in (train, valid, test)
               for a in (part.users, part.items, part.ratings))))
     return HostData(facts=facts, num_rows=train_rows.num_rows, num_cols=train_rows.num_cols,
@@ -260,3 +259,21 @@ def steps_per_epoch(config, data: HostData, batch_size: int) -> list[int]:
             config.train.epochs
     return batching.steps_per_epoch(data.num_rows, batch_size, config.train.epochs,
                                     config.train.last_batch)
+
+
+def take_rows(rows: RowMatrix, index: np.ndarray, size: int,
+              fields: dict[str, np.ndarray] | None = None) -> tuple[DeviceRows, np.ndarray]:
+    """The rows `index` (int, any shape, negative = padding) as their own CSR, in order.
+
+    Returns (`DeviceRows` as NumPy with `size` entry slots, the local index: position k of
+    `index` becomes row k, padding stays negative). A device given only these rows and
+    the local index builds exactly the batches `index` names: a device's share of the
+    data, in place of all rows on every device.
+    """
+    flat = np.asarray(index).reshape(-1)
+    local, pos = select_rows(rows, flat)
+    if len(pos) > size:
+        raise ValueError(f"{len(pos)} entries exceed the {size} slots")
+    extra = {name: np.asarray(a)[pos] for name, a in (fields or {}).items()}
+    local_index = np.where(flat >= 0, np.arange(len(flat)), -1).astype(np.int32)
+    return to_device_rows(local, size, extra), local_index.reshape(np.shape(index))

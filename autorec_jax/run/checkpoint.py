@@ -14,7 +14,6 @@ hidden leftovers (.partial-*, .replaced-*, .deleting-*) are cleaned up by `lates
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from orbax.checkpoint import v1 as ocp
 
 from autorec_jax.run import reporting
-from autorec_jax.config import Config, config_from_dict, flatten, to_dict
-from autorec_jax.errors import AutoRecError, CheckpointError, ConfigError
-from autorec_jax.model import create_model, init_params
+from autorec_jax.config import config_from_dict, flatten, to_dict
+from autorec_jax.errors import CheckpointError, ConfigError
 
 PyTree = Any
 MANIFEST = "manifest.json"
@@ -40,18 +37,6 @@ MAY_DIFFER_ON_RESUME = ("train.epochs", "train.eval_every", "train.eval_batch_si
                         "train.checkpoint_every", "train.keep_checkpoints",
                         "train.divergence_factor", "data.data_dir", "train.allow_cpu")
 _PARTIAL, _REPLACED, _DELETING = ".partial-", ".replaced-", ".deleting-"
-
-
-def data_fingerprint(*arrays: np.ndarray) -> str:
-    """SHA-256 (hex) over the dtypes, shapes and bytes of the given NumPy arrays, in order."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        if array.dtype.hasobject:
-            raise TypeError("data_fingerprint needs arrays of fixed-size types, not object")
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def abstract(tree: PyTree) -> PyTree:
@@ -154,7 +139,7 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
       CheckpointError: run.json missing or unreadable, naming the first differing config
         field ("group.field"), or saying that the data differ.
     """
-    stored = _read_json(Path(run_dir) / "run.json")
+    stored = read_json(Path(run_dir) / "run.json")
     stored_config = stored.get("config", {})
     try:
         # A run recorded before a field existed ran with what is now its default.
@@ -170,44 +155,6 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
     if stored.get("data_fingerprint") != fingerprint:
         raise CheckpointError(f"{run_dir}: cannot resume: the data differ from the run's "
                               "(data fingerprint mismatch)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A finished run, ready for inference."""
-    config: Config
-    params: PyTree
-    user_ids: np.ndarray     # raw user ids; column/row j of the model is user_ids[j]
-    item_ids: np.ndarray     # raw item ids
-    orientation: str         # "item": rows are items, width len(user_ids); "user": swapped
-    summary: dict | None     # summary.json, when the run wrote one
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Loads run.json, ids.json, model/ and summary.json without needing the model's code path.
-
-    Raises:
-      CheckpointError: a missing or unreadable file, naming it.
-    """
-    run_dir = Path(run_dir)
-    try:
-        config = config_from_dict(_read_json(run_dir / "run.json").get("config", {}))
-    except AutoRecError as error:
-        raise CheckpointError(f"{run_dir / 'run.json'}: {error}") from None
-    ids = _read_json(run_dir / "ids.json")
-    orientation = ids.get("orientation")
-    if orientation != config.data.orientation or not all(
-            isinstance(ids.get(k), list) for k in ("users", "items")):
-        raise CheckpointError(f"{run_dir / 'ids.json'}: needs lists users and items and "
-                              f"orientation {config.data.orientation!r} (run.json's)")
-    width = len(ids["users"] if orientation == "item" else ids["items"])
-    abstract = jax.eval_shape(
-        lambda: init_params(create_model(config.model, width), jax.random.key(0)))
-    summary_path = run_dir / "summary.json"
-    return Run(config=config, params=load_params(run_dir / "model", abstract),
-               user_ids=np.asarray(ids["users"]), item_ids=np.asarray(ids["items"]),
-               orientation=orientation,
-               summary=_read_json(summary_path) if summary_path.exists() else None)
 
 
 def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -> Path:
@@ -358,7 +305,7 @@ def _on_first_device(abstract: PyTree) -> PyTree:
                         jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from autorec_jax.data.sources import atomic_write_bytes
+from autorec_jax.fileio import atomic_write_bytes
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "pandas")
 

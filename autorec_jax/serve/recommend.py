@@ -22,7 +22,7 @@ import pandas as pd
 from autorec_jax.config import Config
 from autorec_jax.data import loading, movielens
 from autorec_jax.data.ratings import Ratings, RowMatrix, row_matrix
-from autorec_jax.data.sources import atomic_write_bytes
+from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import DataError
 from autorec_jax.model import AutoRec, create_model
 

@@ -19,7 +19,7 @@ from autorec_jax.data import coldstart
 from autorec_jax.run import preflight, reporting
 from autorec_jax.config import Config, DataConfig, to_dict
 from autorec_jax.data.ratings import Ratings, row_matrix
-from autorec_jax.data.sources import atomic_write_bytes
+from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import ConfigError, DataError
 from autorec_jax.run.experiment import Experiment, TrainResult, train_and_evaluate
 from autorec_jax.dist.parallel import fetch

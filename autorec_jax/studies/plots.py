@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from autorec_jax.data.sources import atomic_path
+from autorec_jax.fileio import atomic_path
 from autorec_jax.errors import DataError
 
 METRICS_FILE = "metrics.jsonl"

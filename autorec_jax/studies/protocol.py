@@ -18,7 +18,7 @@ import pandas as pd
 from autorec_jax.run import preflight, reporting
 from autorec_jax.studies import stats
 from autorec_jax.config import SEED_LIMIT, Config, flatten, replace, to_dict
-from autorec_jax.data.sources import atomic_write_bytes
+from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import ConfigError
 from autorec_jax.run.experiment import train_and_evaluate
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autorec_jax.data.sources import atomic_path, atomic_write_bytes
+from autorec_jax.fileio import atomic_path, atomic_write_bytes
 from autorec_jax.studies.sweep import summarize_grid
 
 RULE = ("Chosen by mean validation RMSE over seeds (marked **best**); the test RMSE is "
