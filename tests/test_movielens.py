@@ -18,7 +18,7 @@ from autorec_jax.run.experiment import train_and_evaluate
 # for seeds 3-4 (it reproduces the MXNet values of seeds 0-2 within 0.001).
 BOOK_RMSE = {0: 0.9066, 1: 0.8940, 2: 0.8985, 3: 0.9061, 4: 0.8998}
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.full
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from autorec_jax.dist.parallel import fetch
 from synthetic import random_ratings
 from test_train import toy_config
 
+# The full tier (CI runs it beside the README's command: `python -m pytest -m full`).
+pytestmark = pytest.mark.full
 TESTS = Path(__file__).resolve().parent
 CHILD = r"""
 import json, sys

@@ -33,7 +33,7 @@ def test_only_the_install_cell_reads_the_ci_marker():
     assert len(readers) == 1 and "pip" in nb.cells[readers[0]].source
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_notebook_runs_end_to_end_on_8_cpu_devices():
     from nbclient import NotebookClient
 

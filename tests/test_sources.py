@@ -125,7 +125,8 @@ def test_url_source_reads_the_member_of_a_downloaded_zip(tmp_path):
     (zipped({"other": b""}), "has no member ml-100k/u.data"),
     (zipped({"ml-100k/u.data": GOOD, "../evil.sh": b"x"}), "zip-slip"),
     (zipped({"ml-100k/u.data": GOOD, "/etc/evil": b"x"}), "zip-slip"),
-])
+], ids=["truncated", "garbage", "no-member", "relative-slip", "absolute-slip"])  # the zips
+# hold the time they were made: ids from their bytes differ between xdist workers
 def test_zip_member_errors_name_the_problem(data, message):
     with pytest.raises(DataError, match=message):
         zip_member(data, "ml-100k/u.data")

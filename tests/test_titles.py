@@ -144,7 +144,7 @@ def test_the_wheel_source_is_pinned():
                                     f"({titles.RECBOLE_ML100K_ITEM})")
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_real_ml100k_titles_through_the_projects_downloader():
     """Fetches the wheel member into the user cache once (skipped without the index)."""
     try:
