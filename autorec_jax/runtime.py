@@ -191,12 +191,15 @@ class Interrupts:
     thread calls `take_exit()` before its own last line, so only one line is ever printed.
 
     Attributes:
+      folder: where the run writes (None: exit without waiting).
+      message: the line's text after `<prog>: `.
       requested: a stop was asked for while stopping was allowed.
     """
 
     def __init__(self, prog: str, *, folder: str | os.PathLike | None = None,
+                 message: str = "interrupted",
                  stop_note: str = "stopping after this epoch (Ctrl-C again to stop at once)"):
-        self.prog, self.folder, self.stop_note = prog, folder, stop_note
+        self.prog, self.folder, self.message, self.stop_note = prog, folder, message, stop_note
         self.requested = False
         self._stoppable = False
         self._main_done = False
@@ -248,7 +251,7 @@ class Interrupts:
             return  # the main thread is printing its last line and status
         while not self._main_done and writing_in(self.folder):
             time.sleep(0.01)
-        exit_interrupted(self.prog)
+        exit_interrupted(self.prog, self.message)
 
 
 def exit_interrupted(prog: str, message: str = "interrupted") -> None:

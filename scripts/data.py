@@ -21,6 +21,13 @@ one-line error naming the file (and line) and the fix.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"data.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import dataclasses
 import json
@@ -30,6 +37,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("data.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax import cli, config as config_lib, preflight  # noqa: E402
 from autorec_jax.data import loading, movielens, parts  # noqa: E402

@@ -12,7 +12,9 @@
 
 A thin CLI over autorec_jax.train_and_evaluate. Every config field is a flag; a bad flag or
 value exits with status 2 and a message naming the field; bad data or a failed run exits 1
-with one line; Ctrl-C stops after the current epoch (saved in --out) and exits 130.
+with one line. Ctrl-C exits 130 with one line at any moment, leaving every file in --out
+whole: at once until the first epoch has ended, then after the current epoch (saved in
+--out, so that --resume continues it); a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
