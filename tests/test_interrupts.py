@@ -136,3 +136,17 @@ def test_a_second_ctrl_c_while_a_checkpoint_is_written_exits_once_it_is_whole(
     assert_exited_cleanly(*run.interrupt(times=0), run.out)
     from autorec_jax import checkpoint
     assert checkpoint.latest(run.out) is not None
+
+
+def test_writing_in_sees_this_processes_temp_files_and_checkpoint_folders(tmp_path):
+    from autorec_jax.data.sources import temp_name
+    from autorec_jax.runtime import writing_in
+    assert not writing_in(tmp_path) and not writing_in(None)
+    (tmp_path / "sub").mkdir()
+    temp = tmp_path / "sub" / temp_name("metrics.jsonl")
+    temp.write_text("")
+    assert writing_in(tmp_path) and not writing_in(tmp_path, pid=os.getpid() + 1)
+    temp.unlink()
+    assert not writing_in(tmp_path)
+    (tmp_path / "checkpoints" / ".partial-3").mkdir(parents=True)
+    assert writing_in(tmp_path)
