@@ -11,6 +11,9 @@ The loss contract (the `loss_fn=` seam of `train_step`, `setup`, `train_and_eval
 It returns this device's SUMS, never means: the library psums `sum`, `count` and every
 metric over devices and divides the summed `sum` by the normaliser that `train.loss` names
 (`loss_denominator`), so any loss stays exact however the rows fall across devices.
+The batch it gets has `batch["mask"]` already AND-ed with `batch["row_mask"]`
+(`train.complete_batch`), so a per-entry term that reads the mask skips rows marked False;
+a per-row term (a penalty on the hidden code, say) must read `batch["row_mask"]` itself.
 """
 
 from __future__ import annotations

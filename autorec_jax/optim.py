@@ -25,8 +25,11 @@ def kernels_only(params: PyTree) -> PyTree:
 def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """The book's recipe by default: wd * w added to the gradient, then Adam (MXNet `wd`).
 
-    "coupled" decay is exactly the gradient of (wd / 2) * ||w||^2 added to the loss;
-    "decoupled" decay (AdamW) is applied to the update after the optimiser's scaling.
+    "coupled" decay is exactly the gradient of (wd / 2) * ||w||^2 added to the loss, so it
+    goes through the optimiser's scaling. "decoupled" decay (AdamW, Loshchilov & Hutter; as
+    `optax.adamw` and `torch.optim.AdamW`) bypasses it: after the optimiser's (descent-signed)
+    update, every decayed weight moves by -lr * wd * w, so it shrinks by the factor
+    (1 - lr * wd) per step whatever the optimiser. For rprop, lr is its initial step size.
     """
     if config.optimizer == "adam":
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
@@ -38,13 +41,17 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
         scale = scale_by_rprop(config.lr)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    parts = [scale]
+    # Every part list ends in a descent step: updates to add to the params.
+    parts = [scale] if config.optimizer == "rprop" else [
+        scale, optax.scale_by_learning_rate(config.lr)]
     if config.weight_decay:
-        decay = optax.add_decayed_weights(
-            config.weight_decay, mask=None if config.decay_biases else kernels_only)
-        parts.insert(0 if config.decay_style == "coupled" else 1, decay)
-    if config.optimizer != "rprop":
-        parts.append(optax.scale_by_learning_rate(config.lr))
+        mask = None if config.decay_biases else kernels_only
+        if config.decay_style == "coupled":
+            parts.insert(0, optax.add_decayed_weights(config.weight_decay, mask=mask))
+        else:
+            # After the descent step, so the sign is the descent's: -lr * wd * w.
+            parts.append(optax.add_decayed_weights(-config.lr * config.weight_decay,
+                                                   mask=mask))
     return optax.chain(*parts)
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from autorec_jax.config import Config
+from autorec_jax.errors import ConfigError
 from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed_mask,
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
@@ -92,7 +93,8 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
 
     Args:
       batch: "ratings" float32 [B, N] (0 = unobserved), "mask" bool [B, N] (default:
-        ratings != 0), "row_mask" bool [B] (False for padding rows; default: all True),
+        ratings != 0), "row_mask" bool [B] (False: the row counts nowhere, see
+        `complete_batch`; default: all True),
         optional "weights" float32 [B, N] and any other per-entry or per-row fields a loss_fn
         reads. Under pmap: this device's rows.
       keys: from `step_keys`.
@@ -218,9 +220,22 @@ def train_epoch(state: TrainState, rows: DeviceRows, index_SxB: jax.Array, rng: 
 
 
 def complete_batch(batch: dict) -> dict:
-    """Fills in a caller's dense batch: "mask" = ratings != 0, "row_mask" = all rows."""
+    """Fills in a caller's dense batch and makes "row_mask" authoritative.
+
+    "row_mask" defaults to all rows; "mask" (default: ratings != 0) becomes
+    mask & row_mask[:, None], so a row marked row_mask=False counts nowhere: not in the
+    loss, its gradients, the observed count or any denominator. Idempotent.
+    """
     out = dict(batch)
     ratings = jnp.asarray(out["ratings"])
-    out.setdefault("mask", ratings != 0)
-    out.setdefault("row_mask", jnp.ones(ratings.shape[:1], bool))
+    row_mask = jnp.asarray(out.get("row_mask", jnp.ones(ratings.shape[:1], bool)))
+    mask = jnp.asarray(out.get("mask", ratings != 0))
+    if row_mask.dtype != jnp.bool_ or row_mask.shape != ratings.shape[:1]:
+        raise ConfigError(f"batch['row_mask'] must be bool [B] = {ratings.shape[:1]}, got "
+                          f"{row_mask.dtype} {row_mask.shape}")
+    if mask.dtype != jnp.bool_:
+        raise ConfigError(f"batch['mask'] must be a bool array, got {mask.dtype}; pass "
+                          "per-entry weights as batch['weights']")
+    out["row_mask"] = row_mask
+    out["mask"] = mask & row_mask[:, None]
     return out

@@ -30,6 +30,13 @@ Take timings while nothing else runs on the machine.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"benchmark.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import functools
 import json
@@ -41,6 +48,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("benchmark.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

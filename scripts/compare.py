@@ -13,10 +13,23 @@ RMSE is better. Exits 2 on a bad flag, plan or mismatched splits, 1 on a failed 
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"compare.py: interrupted\n"),
+                                             os._exit(130)))
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("compare.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax.run.cli import config_from_flag_string, parse_run_args, run_main  # noqa: E402
 from autorec_jax.errors import ConfigError  # noqa: E402
@@ -67,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(protocol.format_comparison(result)))
         return 0
 
-    return run_main(PROG, body)
+    INTERRUPTS.folder = args.out
+    INTERRUPTS.message = "interrupted; run it again to continue"
+    return run_main(PROG, body, interrupted=INTERRUPTS.message, interrupts=INTERRUPTS)
 
 
 if __name__ == "__main__":

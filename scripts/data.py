@@ -21,6 +21,13 @@ one-line error naming the file (and line) and the fix.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"data.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import dataclasses
 import json
@@ -31,10 +38,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("data.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
+
 from autorec_jax import config as config_lib  # noqa: E402
 from autorec_jax.run import cli, preflight
 from autorec_jax.data import loading, movielens, parts  # noqa: E402
-from autorec_jax.fileio import atomic_path, clean_stale_temps  # noqa: E402
+from autorec_jax.data.sources import atomic_path, clean_stale_temps  # noqa: E402
 from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402
 
 

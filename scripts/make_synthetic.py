@@ -17,6 +17,13 @@ with `load_npz` (a `Ratings`) and pass it as `ratings=` to `train_and_evaluate`.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"make_synthetic.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import sys
 import time
@@ -25,6 +32,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("make_synthetic.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax.data.ratings import Ratings  # noqa: E402
 

@@ -10,11 +10,24 @@ or malformed file exits with status 1 and one line on stderr.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"plot.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("plot.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 
 def build_parser() -> argparse.ArgumentParser:

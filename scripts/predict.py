@@ -13,6 +13,13 @@ never saw is an error unless --cold-start gives its prediction. Bad input exits 
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"predict.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import logging
 import math
@@ -20,6 +27,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("predict.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 
 def finite_float(text: str) -> float:

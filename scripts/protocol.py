@@ -16,10 +16,23 @@ bad data or a failed run.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"protocol.py: interrupted\n"),
+                                             os._exit(130)))
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("protocol.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 
@@ -42,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(protocol.format_mean_ci(result.test_rmse))
         return 0
 
-    return run_main(PROG, body, interrupted="interrupted; run it again with the same flags "
-                    "to continue")
+    INTERRUPTS.folder = args.out
+    INTERRUPTS.message = "interrupted; run it again with the same flags to continue"
+    return run_main(PROG, body, interrupted=INTERRUPTS.message, interrupts=INTERRUPTS)
 
 
 if __name__ == "__main__":

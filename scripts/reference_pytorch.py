@@ -24,9 +24,15 @@ Run:
     python3 scripts/reference_pytorch.py --seeds 0 1 2 3 4 --epochs 25
 """
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"reference_pytorch.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import hashlib
-import os
 import sys
 import time
 

@@ -20,12 +20,25 @@ holding a sweep of another base config is refused. Bad input exits 2 with one li
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"sweep.py: interrupted\n"),
+                                             os._exit(130)))
+
 import argparse
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only)
+
+INTERRUPTS = Interrupts("sweep.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 from autorec_jax.errors import ConfigError  # noqa: E402
@@ -113,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                       f", test {row.test_rmse_mean:.4f}, n {row.n}); {md}, {png}", flush=True)
         return 0
 
-    return run_main(PROG, body, interrupted=f"interrupted; {out / sweep.RESULTS_FILE} holds "
-                    "every finished run, the same command resumes")
+    INTERRUPTS.folder = out
+    INTERRUPTS.message = (f"interrupted; {out / sweep.RESULTS_FILE} holds every finished run, "
+                          "the same command resumes")
+    return run_main(PROG, body, interrupted=INTERRUPTS.message, interrupts=INTERRUPTS)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,30 @@
 
 A thin CLI over autorec_jax.train_and_evaluate. Every config field is a flag; a bad flag or
 value exits with status 2 and a message naming the field; bad data or a failed run exits 1
-with one line; Ctrl-C stops after the current epoch (saved in --out) and exits 130.
+with one line. Ctrl-C exits 130 with one line at any moment, leaving every file in --out
+whole: at once until the first epoch has ended, then after the current epoch (saved in
+--out, so that --resume continues it); a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
-from pathlib import Path
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below exits in one line
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"train.py: interrupted\n"),
+                                             os._exit(130)))
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from autorec_jax.run.runtime import Interrupts  # noqa: E402 (stdlib only: installed at once)
+
+INTERRUPTS = Interrupts("train.py")
+if __name__ == "__main__":
+    INTERRUPTS.install()
 
 from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 
@@ -42,28 +55,14 @@ EXTRA = {
 }
 
 
-class StopOnInterrupt:
-    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current epoch (so it
-    is saved); a second one ends the process at once (every file on disk is whole)."""
-
-    def __init__(self, quiet: bool):
-        self.requested = False
-        self.quiet = quiet
-
-    def __call__(self, signum, frame):
-        if self.requested:
-            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-            os._exit(130)
-        self.requested = True
-        if not self.quiet:
-            print("stopping after this epoch (Ctrl-C again to stop at once)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_run_args(__doc__, argv, extra=EXTRA)
-    stop = StopOnInterrupt(args.quiet)
-    signal.signal(signal.SIGINT, stop)
+    # Ctrl-C exits at once (after any write in --out completes) until the first epoch ends;
+    # from then on the first one stops the loop after its epoch, which is saved.
+    INTERRUPTS.folder = args.out
+    INTERRUPTS.stop_note = None if args.quiet else INTERRUPTS.stop_note
 
+    from autorec_jax.errors import TrainingInterrupted
     from autorec_jax.run.experiment import train_and_evaluate  # imports JAX's backends lazily
     from autorec_jax.dist.parallel import initialize_distributed
 
@@ -73,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         result = train_and_evaluate(
             config, args.out, resume=args.resume, overwrite=args.overwrite,
             progress=sys.stdout.isatty() and not args.quiet,
-            stop_requested=lambda: stop.requested)
+            stop_requested=INTERRUPTS.stop_requested)
+        if INTERRUPTS.requested:  # after the last poll: the run had finished, and is saved
+            raise TrainingInterrupted("interrupted as the run finished; its results are saved")
         if args.quiet and result.summary.get("process_index", 0) == 0:
             print(f"test RMSE {result.summary['test_rmse']:.4f}")
         return 0
 
-    return run_main(PROG, body)
+    return run_main(PROG, body, interrupts=INTERRUPTS)
 
 
 if __name__ == "__main__":

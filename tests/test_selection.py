@@ -94,3 +94,28 @@ def test_selection_needs_a_validation_split_and_retrain_needs_a_selection():
     with pytest.raises(ConfigError, match="train.select"):
         ar.replace(ar.tiny(), select="first")
     ar.replace(ar.tiny(), valid_ratio=0.1, early_stopping=3, retrain=True)  # accepted
+
+
+def test_best_params_never_alias_the_donated_state(tmp_path, ratings, monkeypatch):
+    """A selection that keeps the params it started from (no epoch beats them) must find
+    them intact at the end: the run's initial best_params may not share the state's buffers,
+    which the next epoch donates (deletes)."""
+    from autorec_jax.run import experiment as experiment_lib
+
+    def keep_the_initial_params(loop, params, best_params, epoch, valid_rmse, patience):
+        if loop["best"] is None:
+            loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
+        return best_params, False
+
+    config = selection_config(select="best", epochs=3)
+    _, initial = ar.setup(config, ratings)
+    initial_params = jax.device_get(initial.params)
+    monkeypatch.setattr(experiment_lib.policies, "early_stopping_step",
+                        keep_the_initial_params)
+    result = ar.train_and_evaluate(config, tmp_path, ratings=ratings)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(result.selected_params))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.selected_params),
+                 initial_params)
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                         jax.device_get(result.state.params), initial_params)
+    assert max(jax.tree.leaves(moved)) > 1e-3  # the state itself did train

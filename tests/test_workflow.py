@@ -242,7 +242,9 @@ def test_train_cli_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_p
                              "--checkpoint-every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+    # Two epochs: the loop has polled for a stop (before its first poll Ctrl-C exits at once).
+    while time.time() < deadline and not (
+            (run / "metrics.jsonl").exists() and len(metrics_lines(run)) >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)

@@ -193,23 +193,29 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     return config, args
 
 
-def run_main(prog: str, body, *, interrupted: str = "interrupted; run it again to continue"
-             ) -> int:
+def run_main(prog: str, body, *, interrupted: str = "interrupted; run it again to continue",
+             interrupts: "runtime.Interrupts | None" = None) -> int:
     """Runs a script's `body() -> int`, turning what a user can act on into one stderr line
     and an exit status: ConfigError 2, TrainingInterrupted 130 (its own message), any other
-    AutoRecError or OSError 1, Ctrl-C 130 (`interrupted`)."""
+    AutoRecError or OSError 1, Ctrl-C 130 (`interrupted`).
+
+    With `interrupts` (installed by the script), the line and status are this thread's only
+    if no Ctrl-C is already ending the process (`Interrupts.take_exit`).
+    """
     from autorec_jax.errors import AutoRecError, TrainingInterrupted
+    line = None
     try:
-        return body()
+        status = body()
     except ConfigError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        status, line = 2, f"{prog}: error: {err}"
     except TrainingInterrupted as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 130
+        status, line = 130, f"{prog}: {err}"
     except (AutoRecError, OSError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        status, line = 1, f"{prog}: error: {err}"
     except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
+        status, line = 130, f"{prog}: {interrupted}"
+    if interrupts is not None:
+        interrupts.take_exit()
+    if line is not None:
+        print(line, file=sys.stderr)
+    return status

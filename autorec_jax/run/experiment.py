@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -223,7 +224,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
             "carry": [], "best": None, "bad_epochs": 0, "seconds": 0.0, "entries": 0,
             "first_loss": None}
     history: list[dict] = []
-    best_params = state.params if selecting else None
+    # A copy, never the state's own buffers: the next epoch donates (deletes) those.
+    best_params = jax.tree.map(jnp.copy, state.params) if selecting else None
     if save_dir is not None:
         state, best_params, loop, history = run_folder.open_and_restore(
             run_dir, save_dir, experiment, state, best_params, loop, resume)

@@ -1,5 +1,6 @@
-"""Process-level JAX settings that entry points (scripts, notebooks) opt into explicitly, and
-the accelerator guard: a TPU or GPU the system shows but JAX did not start stops a run.
+"""Process-level JAX settings that entry points (scripts, notebooks) opt into explicitly, the
+accelerator guard (a TPU or GPU the system shows but JAX did not start stops a run), and the
+command line's Ctrl-C policy (`Interrupts`).
 
 Nothing here imports JAX at module load, so a notebook can read the system (which jax extra
 to install) before JAX is installed or imported.
@@ -12,7 +13,12 @@ import glob
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -152,3 +158,107 @@ def check_accelerator(allow_cpu: bool = False, probes: SystemProbes | None = Non
     raise ConfigError(f"{what} is visible but JAX started only the CPU: run {fix} and "
                       "restart Python (Colab: Runtime > Restart session), or pass --allow-cpu "
                       "true (train.allow_cpu) to train on the CPU")
+
+
+# Names of writes in progress in a run folder: atomic_path's `.<name>.<pid>.<hex>.tmp` files
+# (data/sources.py) and checkpoint.py's folders being written, replaced or deleted.
+_WRITING_PREFIXES = (".partial-", ".replaced-", ".deleting-")
+
+
+def writing_in(folder: str | os.PathLike | None, pid: int | None = None) -> bool:
+    """Whether this process has a write in progress under `folder` (see `_WRITING_PREFIXES`)."""
+    if folder is None or not os.path.isdir(folder):
+        return False
+    tag = f".{os.getpid() if pid is None else pid}."
+    for _, dirs, files in os.walk(folder):
+        if any(d.startswith(_WRITING_PREFIXES) for d in dirs) or any(
+                f.startswith(".") and tag in f and f.endswith(".tmp") for f in files):
+            return True
+    return False
+
+
+class Interrupts:
+    """The Ctrl-C (SIGINT) policy of a command-line run, installed once by the script.
+
+    Ctrl-C exits with status 130 and one line on stderr, never a traceback, at any moment:
+    during imports, loading, compilation (even inside XLA), training, evaluation and saving.
+    A watcher thread reads the signal from a wakeup fd (so it acts while the main thread sits
+    in C code, and no KeyboardInterrupt can be swallowed in a callback); the Python-level
+    handler does nothing. The exit waits while this process has a write in progress in
+    `folder` (a temp file or checkpoint folder not yet renamed into place), so whatever is
+    left on disk is whole. Between `allow_stop()` and the end, the first Ctrl-C only sets
+    `requested` (the training loop polls it, saves and stops); a second one exits. The main
+    thread calls `take_exit()` before its own last line, so only one line is ever printed.
+
+    Attributes:
+      folder: where the run writes (None: exit without waiting).
+      message: the line's text after `<prog>: `.
+      requested: a stop was asked for while stopping was allowed.
+    """
+
+    def __init__(self, prog: str, *, folder: str | os.PathLike | None = None,
+                 message: str = "interrupted",
+                 stop_note: str = "stopping after this epoch (Ctrl-C again to stop at once)"):
+        self.prog, self.folder, self.message, self.stop_note = prog, folder, message, stop_note
+        self.requested = False
+        self._stoppable = False
+        self._main_done = False
+        self._exit = threading.Lock()  # held by whichever thread ends the process
+        self._reader, self._writer = socket.socketpair()
+
+    def install(self) -> "Interrupts":
+        """Takes over SIGINT (call it from the main thread, as early as possible)."""
+        self._writer.setblocking(False)
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="sigint-watcher", daemon=True).start()
+        return self
+
+    def allow_stop(self) -> None:
+        """From now on the first Ctrl-C asks the loop to stop instead (main thread)."""
+        # Something may have taken the wakeup fd since install (asyncio does, for its loop).
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._stoppable = True
+
+    def stop_requested(self) -> bool:
+        """The `stop_requested=` of `train_and_evaluate`: polled after each epoch, it also
+        allows stopping from then on (before the first epoch ends, Ctrl-C exits)."""
+        if not self._stoppable:
+            self.allow_stop()
+        return self.requested
+
+    def take_exit(self) -> None:
+        """Called by the main thread once it is done (before its last line and status): from
+        then on Ctrl-C adds nothing. If a Ctrl-C is already ending the process, this waits
+        for that (one line in all: its own)."""
+        self._main_done = True
+        self._exit.acquire()
+
+    def _watch(self) -> None:
+        while True:
+            data = self._reader.recv(64)
+            for signum in data:
+                if signum == signal.SIGINT:
+                    self._on_sigint()
+
+    def _on_sigint(self) -> None:
+        if self._stoppable and not self.requested:
+            self.requested = True
+            if self.stop_note:
+                print(self.stop_note, flush=True)
+            return
+        if not self._exit.acquire(blocking=False):
+            return  # the main thread is printing its last line and status
+        while not self._main_done and writing_in(self.folder):
+            time.sleep(0.01)
+        exit_interrupted(self.prog, self.message)
+
+
+def exit_interrupted(prog: str, message: str = "interrupted") -> None:
+    """Ends the process now: status 130, one line `<prog>: <message>` on stderr."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - a closed or broken stdout must not block the exit
+        pass
+    os.write(2, f"{prog}: {message}\n".encode())
+    os._exit(130)
