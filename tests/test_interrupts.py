@@ -139,7 +139,7 @@ def test_a_second_ctrl_c_while_a_checkpoint_is_written_exits_once_it_is_whole(
 
 
 def test_writing_in_sees_this_processes_temp_files_and_checkpoint_folders(tmp_path):
-    from autorec_jax.data.sources import temp_name
+    from autorec_jax.fileio import temp_name
     from autorec_jax.run.runtime import writing_in
     assert not writing_in(tmp_path) and not writing_in(None)
     (tmp_path / "sub").mkdir()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import autorec_jax as ar
-from autorec_jax.run import checkpoint
 from autorec_jax.serve.load import load_run
 from autorec_jax.data import splits
 from autorec_jax.errors import ConfigError
