@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from autorec_jax.errors import TrainingInterrupted
     from autorec_jax.run.experiment import train_and_evaluate  # imports JAX's backends lazily
-    from autorec_jax.dist.parallel import initialize_distributed
+    from autorec_jax.distributed.parallel import initialize_distributed
 
     def body() -> int:
         # Before any device is touched; nothing happens without a coordinator address.

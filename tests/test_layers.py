@@ -12,7 +12,7 @@ import autorec_jax
 PACKAGE = Path(autorec_jax.__file__).parent
 # Floor of each module: the core is flat; sub-packages are whole floors.
 BASE = {"errors", "fileio"}                              # standard library only
-FLOORS = {"base": 0, "data": 1, "core": 1, "dist": 2, "run": 3, "serve": 4, "studies": 5}
+FLOORS = {"base": 0, "data": 1, "core": 1, "distributed": 2, "run": 3, "serve": 4, "studies": 5}
 THIRD_PARTY = {
     "base": set(),
     "data": {"numpy", "pandas"},
@@ -21,7 +21,7 @@ THIRD_PARTY = {
 
 
 def floor_of(module: str) -> str:
-    """'autorec_jax.dist.parallel' -> 'dist'; the flat core modules -> 'core'."""
+    """'autorec_jax.distributed.parallel' -> 'distributed'; the flat core modules -> 'core'."""
     parts = module.split(".")
     if len(parts) == 1:
         return "init"

@@ -11,7 +11,7 @@ import pytest
 
 from autorec_jax import config as config_lib
 from autorec_jax.mixed_precision import low_precision_matmul
-from autorec_jax.dist.parallel import Parallel
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.train import complete_batch, create_train_state, train_step
 
 

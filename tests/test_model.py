@@ -130,7 +130,7 @@ def test_hash_dropout_bits_have_no_structure_between_neighbours():
 
 def test_bfloat16_compute_keeps_float32_params_outputs_and_loss():
     from autorec_jax import config as config_lib
-    from autorec_jax.dist.steps import make_train_step
+    from autorec_jax.distributed.steps import make_train_step
     from autorec_jax.train import create_train_state
     config = config_lib.replace(config_lib.tiny(), compute_dtype="bfloat16", parallel="jit")
     ratings = jnp.asarray(np.random.default_rng(0).integers(0, 6, (8, 12)), jnp.float32)

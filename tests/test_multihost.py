@@ -14,7 +14,7 @@ import pytest
 from autorec_jax import config as config_lib
 from autorec_jax.errors import TrainingInterrupted
 from autorec_jax.run.experiment import train_and_evaluate
-from autorec_jax.dist.parallel import fetch
+from autorec_jax.distributed.parallel import fetch
 from synthetic import random_ratings
 from test_train import toy_config
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.full
 TESTS = Path(__file__).resolve().parent
 CHILD = r"""
 import json, sys
-from autorec_jax.dist.parallel import initialize_distributed
+from autorec_jax.distributed.parallel import initialize_distributed
 initialize_distributed(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
 import jax
 from test_multihost import make_run

@@ -9,7 +9,7 @@ import pytest
 import autorec_jax as ar
 from autorec_jax import config as config_lib
 from autorec_jax.data.ratings import row_matrix, to_dense
-from autorec_jax.dist.steps import make_train_step
+from autorec_jax.distributed.steps import make_train_step
 from autorec_jax.train import create_train_state
 from synthetic import random_ratings
 

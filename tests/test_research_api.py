@@ -17,7 +17,7 @@ from autorec_jax.errors import ConfigError
 from autorec_jax.losses import LossTerms, masked_sse, observed_mask, reconstruction_loss
 from autorec_jax.model import ACTIVATIONS, AutoRec, create_model, hash_dropout, init_params
 from autorec_jax.collectives import psum_if
-from autorec_jax.dist.parallel import Parallel
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.train import compute_grads, step_keys
 from synthetic import random_ratings
 from test_train import batch_of, numpy_sgd_step, toy_config, toy_rows

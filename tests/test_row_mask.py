@@ -10,7 +10,7 @@ from autorec_jax import config as config_lib
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import ConfigError
 from autorec_jax.train import complete_batch, compute_grads, create_train_state, step_keys
-from autorec_jax.dist.steps import make_train_step
+from autorec_jax.distributed.steps import make_train_step
 from synthetic import random_ratings
 
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")

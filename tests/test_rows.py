@@ -41,7 +41,7 @@ class DensifyTest(chex.TestCase):
 
 
 def test_a_devices_share_of_rows_densifies_like_all_rows():
-    from autorec_jax.dist.placement import take_rows
+    from autorec_jax.distributed.placement import take_rows
     rows = row_matrix(random_ratings(num_users=23, num_items=30, density=0.3), "item")
     index = np.array([[4, 4, 17], [-1, 0, 29]], np.int32)  # repeats and padding
     size = batching.max_nnz(rows.row_lengths, index.size, 2)

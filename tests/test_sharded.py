@@ -12,9 +12,9 @@ from autorec_jax.data import batching
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import ConfigError
 from autorec_jax.run.experiment import train_and_evaluate
-from autorec_jax.dist.parallel import MODEL_AXIS, Parallel
+from autorec_jax.distributed.parallel import MODEL_AXIS, Parallel
 from autorec_jax.rows import to_device_rows
-from autorec_jax.dist.steps import make_train_step
+from autorec_jax.distributed.steps import make_train_step
 from autorec_jax.train import create_train_state, train_epoch
 from synthetic import random_ratings
 from test_train import toy_config

@@ -14,7 +14,7 @@ from autorec_jax.data import batching
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.errors import TrainingDivergedError
 from autorec_jax.losses import observed_mask
-from autorec_jax.dist.parallel import Parallel
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.rows import to_device_rows
 from autorec_jax.run.experiment import train_and_evaluate
 from autorec_jax.train import create_train_state, train_epoch, train_step

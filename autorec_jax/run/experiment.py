@@ -19,14 +19,14 @@ import tqdm
 
 from autorec_jax.run import checkpoint, policies, preflight, reporting, run_folder, runtime
 from autorec_jax.data import coldstart
-from autorec_jax.dist import placement
+from autorec_jax.distributed import placement
 from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import eval_blocks, summarize
 from autorec_jax.losses import LossFn
-from autorec_jax.dist.parallel import CompiledOnFirstUse, Parallel, fetch, from_primary, is_primary
+from autorec_jax.distributed.parallel import CompiledOnFirstUse, Parallel, fetch, from_primary, is_primary
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
 log = logging.getLogger(__name__)

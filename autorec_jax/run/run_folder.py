@@ -18,7 +18,7 @@ import jax
 from autorec_jax.run import checkpoint, preflight, reporting
 from autorec_jax.config import to_dict
 from autorec_jax.errors import CheckpointError, ConfigError
-from autorec_jax.dist.parallel import from_primary
+from autorec_jax.distributed.parallel import from_primary
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from autorec_jax.data.ratings import Ratings, row_matrix
 from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import ConfigError, DataError
 from autorec_jax.run.experiment import Experiment, TrainResult, train_and_evaluate
-from autorec_jax.dist.parallel import fetch
+from autorec_jax.distributed.parallel import fetch
 from autorec_jax.serve.recommend import predict_entries
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_finger
                                       select_rows)
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData
-from autorec_jax.dist.parallel import Parallel
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.rows import DeviceRows, to_device_rows
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 
 from autorec_jax.config import Config
-from autorec_jax.dist.parallel import Parallel
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.losses import LossFn
 from autorec_jax.train import GradTransform, TrainState, complete_batch, train_step
 
