@@ -22,12 +22,21 @@ def kernels_only(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+def create_optimizer(config: OptimConfig, *, lr=None,
+                     weight_decay=None) -> optax.GradientTransformation:
     """The book's recipe by default: wd * w added to the gradient, then Adam (MXNet `wd`).
 
     "coupled" decay is exactly the gradient of (wd / 2) * ||w||^2 added to the loss;
     "decoupled" decay (AdamW) is applied to the update after the optimiser's scaling.
+
+    Args:
+      lr, weight_decay: replace the config's values; may be arrays (as
+        `optax.inject_hyperparams` passes them, `autorec_jax.multi`). A given weight_decay
+        always adds the decay transform (a decay of 0 then adds 0 * w).
     """
+    lr = config.lr if lr is None else lr
+    decays = bool(config.weight_decay) if weight_decay is None else True
+    weight_decay = config.weight_decay if weight_decay is None else weight_decay
     if config.optimizer == "adam":
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
     elif config.optimizer == "sgd":
@@ -35,16 +44,16 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     elif config.optimizer == "rprop":
         # Per-weight step sizes adapted from gradient signs; lr is the initial step size,
         # and the update comes out already scaled (no learning-rate factor after it).
-        scale = scale_by_rprop(config.lr)
+        scale = scale_by_rprop(lr)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     parts = [scale]
-    if config.weight_decay:
+    if decays:
         decay = optax.add_decayed_weights(
-            config.weight_decay, mask=None if config.decay_biases else kernels_only)
+            weight_decay, mask=None if config.decay_biases else kernels_only)
         parts.insert(0 if config.decay_style == "coupled" else 1, decay)
     if config.optimizer != "rprop":
-        parts.append(optax.scale_by_learning_rate(config.lr))
+        parts.append(optax.scale_by_learning_rate(lr))
     return optax.chain(*parts)
 
 
