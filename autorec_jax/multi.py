@@ -518,8 +518,8 @@ def _finish_members(multi, final, best, loops, histories, scores, errors, run_di
         retrained = dict(zip(retrain, again))
     results = []
     for k in range(K):
-        if errors[k] is not None:
-            results.append(errors[k])
+        if errors[k] is not None or isinstance(retrained.get(k), TrainingDivergedError):
+            results.append(errors[k] or retrained[k])  # a retrained run that diverged
             continue
 
         def given(params, names, k=k):
