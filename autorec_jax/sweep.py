@@ -198,6 +198,8 @@ def run_grid(base_config: Config, grid: str | Sequence[Overrides], seeds: Sequen
                                                       diverged="return")]
             except multi.MembersDiffer as why:
                 log.info("%s: %d runs one at a time: %s", name, len(job), why)
+        # Runs trained together share the wall time: each row gets its share.
+        share = (time.perf_counter() - start) / len(job)
         for index, (overrides, seed, config) in enumerate(job):
             if outcomes is None:
                 start = time.perf_counter()
@@ -211,8 +213,7 @@ def run_grid(base_config: Config, grid: str | Sequence[Overrides], seeds: Sequen
             else:
                 result, error = outcomes[index]
                 summary = {} if result is None else result.summary
-                # Runs trained together share the wall time: each row gets its share.
-                wall = (time.perf_counter() - start) / len(job)
+                wall = share
             rows.append(result_row(name, overrides, seed, summary, wall, error))
             write_csv(Path(out_dir) / RESULTS_FILE, rows)
             log.info("%s  %-40s seed %d  valid %.4f  test %.4f  %5.1f s%s", name,
