@@ -362,7 +362,8 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
     that of `train_and_evaluate(configs[k], out_dirs[k], ...)` to float32 round-off (a
     test shows it), except: train_seconds and entries/s are the group's epoch times (the
     members ran together; summary["members"] says how many), the first epoch's time
-    includes compilation, and no checkpoint is written (a killed group starts over).
+    includes compilation (summary["compile_seconds"] is None), and no checkpoint is
+    written (a killed group starts over).
 
     Args:
       configs: the members (`check_members` says which may share a step).
@@ -527,6 +528,8 @@ def _finish_members(multi, final, best, loops, histories, scores, errors, run_di
         results.append(_finish(
             run_dirs[k], save_dirs[k], multi.experiments[k], final[k], best[k], loops[k],
             histories[k], scores[k], retrained.get(k), evaluate_fn=given,
-            extra={"members": {"count": K, "index": k, "parallel": multi.parallel.mode}},
+            # The group's compilation is in its first epochs' time, not measured apart.
+            extra={"members": {"count": K, "index": k, "parallel": multi.parallel.mode},
+                   "compile_seconds": None},
             **seams))
     return results
