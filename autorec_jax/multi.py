@@ -5,7 +5,8 @@ loss, precision, ...); they may differ in
   traced      optim.lr, optim.weight_decay (through `optax.inject_hyperparams`: they live in
               each member's optimiser state) and model.dropout (`model.DropoutRate`);
   host-side   seed (init, shuffling, dropout keys), the data settings and split seed (each
-              member loads its own split; the loaded shapes must agree), train.epochs,
+              member loads its own split; the loaded shapes must agree; not the
+              orientation or data.parts), train.epochs,
               early_stopping, select, retrain, eval_every, divergence_factor, cold_start
               and the checkpoint cadence (members keep no checkpoints).
 Anything else that differs is refused (`MembersDiffer`, a ConfigError naming the field).
@@ -62,8 +63,13 @@ class MembersDiffer(ConfigError):
     """Members that cannot share one compiled step (a shape or static setting differs)."""
 
 
+# Data fields that change the shapes (or the layout) whatever the ratings.
+STATIC_DATA_FIELDS = ("data.orientation", "data.parts")
+
+
 def _may_differ(field: str) -> bool:
-    return field in TRACED_FIELDS or field in HOST_FIELDS or field.startswith(HOST_PREFIXES)
+    return field in TRACED_FIELDS or field in HOST_FIELDS or (
+        field.startswith(HOST_PREFIXES) and field not in STATIC_DATA_FIELDS)
 
 
 def member_key(config: Config) -> str:

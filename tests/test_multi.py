@@ -109,10 +109,12 @@ def test_traced_dropout_needs_hash_dropout_and_loaded_shapes_must_agree(ratings)
     with pytest.raises(multi.MembersDiffer, match="model.dropout"):
         multi.check_members(configs)
     multi.check_members([ar.replace(c, dropout=0.1) for c in configs])  # one rate: static
-    # Another orientation loads rows of another width.
     base = members("jit")[0]
-    other = ar.replace(base, orientation="user", seed=5)
-    with pytest.raises(multi.MembersDiffer, match="rows"):
+    with pytest.raises(multi.MembersDiffer, match="data.orientation"):
+        multi.check_members([base, ar.replace(base, orientation="user")])
+    # Data settings may differ, but not what they load: here no validation set.
+    other = ar.replace(base, valid_ratio=0.0, select="last", seed=5)
+    with pytest.raises(multi.MembersDiffer, match="held-out sets"):
         multi.setup_many([base, other], ratings)
 
 
@@ -120,4 +122,5 @@ def test_group_members_batches_only_shareable_configs():
     a = ar.replace(ar.tiny(), seed=1, lr=0.1)
     b = ar.replace(ar.tiny(), seed=2, dropout=0.3, epochs=7)
     c = ar.replace(ar.tiny(), hidden=(3,))
-    assert multi.group_members([a, c, b, c]) == [[0, 2], [1, 3]]
+    d = ar.replace(ar.tiny(), orientation="user")
+    assert multi.group_members([a, c, b, c, d]) == [[0, 2], [1, 3], [4]]
