@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from autorec_jax import placement, policies, reporting, run_folder
+from autorec_jax import checkpoint, placement, policies, reporting, run_folder
 from autorec_jax.config import Config, flatten, replace, to_dict
 from autorec_jax.data import batching
 from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
@@ -368,8 +368,9 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
     that of `train_and_evaluate(configs[k], out_dirs[k], ...)` to float32 round-off (a
     test shows it), except: train_seconds and entries/s are the group's epoch times (the
     members ran together; summary["members"] says how many), the first epoch's time
-    includes compilation (summary["compile_seconds"] is None), and no checkpoint is
-    written (a killed group starts over).
+    includes compilation (summary["compile_seconds"] is None), and the only checkpoint is
+    each member's last epoch (a killed group starts over; a finished member's folder
+    resumes as a finished single run). `state` holds the config's own optimiser.
 
     Args:
       configs: the members (`check_members` says which may share a step).
@@ -478,9 +479,18 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
             if errors[k] is not None:
                 continue
             run_folder.write_history(run_dirs[k], histories[k])
-            loops[k]["epoch"] = epoch
+            loops[k].update(epoch=epoch, shuffle_state=shuffles[k].bit_generator.state,
+                            carry=carries[k].tolist())
             if k in stops or epoch == configs[k].train.epochs:
-                final[k] = member(states, k)
+                final[k] = single_state(member(states, k), configs[k], optimizer)
+                if save_dirs[k] is not None:
+                    # The checkpoint a single run would leave: resuming the folder alone
+                    # (`train_and_evaluate(resume=True)`) finds the run finished.
+                    checkpoint.save(save_dirs[k], epoch,
+                                    run_folder.checkpoint_tree(final[k], best[k]), loops[k],
+                                    keep=configs[k].train.keep_checkpoints,
+                                    best_epoch=loops[k]["best"]["epoch"] if loops[k]["best"]
+                                    else None)
                 if k in stops:
                     log.info("member %d: early stopping after epoch %d; best epoch %d", k,
                              epoch, loops[k]["best"]["epoch"])
@@ -491,6 +501,19 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
                            save_dirs, out_dirs, ratings=ratings, cache_dir=cache_dir,
                            overwrite=overwrite, stop_requested=stop_requested,
                            diverged=diverged, **seams)
+
+
+def single_state(state: TrainState, config: Config, optimizer=None) -> TrainState:
+    """A member's state as its run alone holds it: the config's optimiser (`tx`) and its
+    state, read from the injected one (the same leaves in the same order)."""
+    tx = resolve_optimizer(config, optimizer)
+    if optimizer is not None:
+        return state.replace(tx=tx)
+    structure = jax.tree.structure(jax.eval_shape(tx.init, state.params))
+    leaves = jax.tree.leaves(state.opt_state.inner_state)
+    if structure.num_leaves != len(leaves):
+        raise AssertionError("the injected optimiser state does not match the config's")
+    return state.replace(tx=tx, opt_state=jax.tree.unflatten(structure, leaves))
 
 
 def _diverged(k, err, errors, run_dirs, histories, diverged):

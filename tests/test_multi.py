@@ -88,6 +88,11 @@ def test_members_on_other_splits_and_a_run_folder_each(ratings, tmp_path):
         run = ar.load_run(folders[k])
         assert max_diff(run.params, member.params) == 0.0
     assert len({m.experiment.test.ratings.sum() for m in together}) == 3  # three splits
+    # A member's folder resumes as a finished single run: nothing is trained again.
+    resumed = train_and_evaluate(configs[0], folders[0], ratings=ratings, resume=True)
+    assert max_diff(resumed.params, together[0].params) == 0.0
+    assert resumed.summary["test_rmse"] == together[0].summary["test_rmse"]
+    assert len((folders[0] / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("overrides, field", [
