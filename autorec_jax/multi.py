@@ -6,9 +6,9 @@ loss, precision, ...); they may differ in
               each member's optimiser state) and model.dropout (`model.DropoutRate`);
   host-side   seed (init, shuffling, dropout keys), the data settings and split seed (each
               member loads its own split; the loaded shapes must agree; not the
-              orientation or data.parts), train.epochs,
-              early_stopping, select, retrain, eval_every, divergence_factor, cold_start
-              and the checkpoint cadence (members keep no checkpoints).
+              orientation or data.parts), train.epochs, early_stopping, select, retrain,
+              eval_every, divergence_factor, cold_start and the checkpoint settings
+              (a member is checkpointed once, at its last epoch).
 Anything else that differs is refused (`MembersDiffer`, a ConfigError naming the field).
 
 Each member is the same model trained alone with its own config: its own init, its own
@@ -19,6 +19,11 @@ axis [K, S, B]), its own dropout keys. The vmap sits inside the per-device funct
 Validation selection is per member: a member that stops early (or reaches its own
 train.epochs) is frozen with its best params while the others go on (its slot still
 computes, unused, until every member is done).
+
+On a 2-core CPU one model already keeps the cores busy, and XLA:CPU's batched matmuls are
+slower than K plain ones, so there K models together are not faster than in turn
+(`scripts/benchmark_models.py`); the gain is for accelerators that one small model
+leaves mostly idle.
 """
 
 from __future__ import annotations
