@@ -9,6 +9,11 @@ used (so `autorec_jax.data` works without it). The public API:
                 params, selected_params, retrained);
                 setup(...) -> (Experiment, TrainState);
                 run_epoch, evaluate(experiment, params)
+  several models train_many(configs, out_dirs, *, ratings=, diverged=) -> [TrainResult] (K
+                members vmapped in one compiled epoch: seeds, lr, weight decay, dropout, data
+                and loop policies may differ; each equals its run alone);
+                setup_many(configs, ...) -> (MultiExperiment, stacked TrainState);
+                run_epoch_many, evaluate_many, check_members, group_members, MembersDiffer
   own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=),
                 create_train_state(config, N, rng, *, optimizer=), Parallel
   step pieces   train_step, train_epoch, step_keys, compute_grads, apply_grads, norm_metrics,
@@ -27,15 +32,17 @@ used (so `autorec_jax.data` works without it). The public API:
                 steps_per_epoch
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
   protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
-                train_fn=, **seams) -> ProtocolResult (table, test_rmse); compare(a, b)
-                (paired t of test RMSE, a - b)
-  ensembles     train_ensemble(configs, *, out_dir=, ratings=) -> EnsembleResult (summary,
-                runs, weights); predict_heldout(experiment, params, heldout) -> [R];
+                train_fn=, batch_members=, **seams) -> ProtocolResult (table, test_rmse);
+                compare(a, b) (paired t of test RMSE, a - b)
+  ensembles     train_ensemble(configs, *, out_dir=, ratings=, batch_members=) ->
+                EnsembleResult (summary, runs, weights);
+                predict_heldout(experiment, params, heldout) -> [R];
                 fit_blend(preds_MxR, targets_R) -> [M+1] (fit on validation only),
                 apply_blend(weights, preds_MxR)
   statistics    t_cdf, t_quantile, mean_ci(values), paired_t(a, b) (NumPy only)
-  sweeps        run_grid(config, grid, seeds, out_dir) -> results (one row per run, resumable);
-                summarize_grid(results) -> per setting, best by validation RMSE
+  sweeps        run_grid(config, grid, seeds, out_dir, *, batch_members=) -> results (one
+                row per run, resumable); summarize_grid(results) -> per setting, best by
+                validation RMSE
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -68,6 +75,9 @@ _LAZY_MODULES = {
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
     "autorec_jax.mixed_precision": ("low_precision_matmul",),
+    "autorec_jax.multi": ("MembersDiffer", "MultiExperiment", "check_members",
+                          "evaluate_many", "group_members", "run_epoch_many", "setup_many",
+                          "train_many"),
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),
     "autorec_jax.distributed.parallel": ("Parallel",),
     "autorec_jax.distributed.steps": ("make_train_step",),

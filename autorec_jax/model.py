@@ -11,16 +11,31 @@ Shape legend used across the package:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from autorec_jax.config import ModelConfig
 from autorec_jax.mixed_precision import low_precision_matmul
 
 PyTree = Any
+
+
+class DropoutRate(NamedTuple):
+    """A dropout rate as arrays, so that it can be traced (several models in one step,
+    `autorec_jax.multi`): the hash threshold and the keep probability that `hash_dropout`
+    derives from a float rate, computed on the host exactly as it does."""
+
+    threshold: Any         # uint32: a unit is kept where its hash bits >= threshold
+    keep: Any              # float32: 1 - rate, what kept units are divided by
+
+    @classmethod
+    def of(cls, rate: float) -> "DropoutRate":
+        return cls(np.uint32(_threshold(rate)), np.float32(1.0 - rate))
+
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
@@ -47,7 +62,8 @@ class AutoRec(nn.Module):
       hidden: widths of the hidden layers, encoder first; (500,) is the book's network.
       activation: g, applied after every hidden layer.
       output_activation: f, applied to the output.
-      dropout: rate of the dropout after each hidden layer (training only).
+      dropout: rate of the dropout after each hidden layer (training only); a `DropoutRate`
+        of arrays (hash dropout only) is always applied, so a traced rate may be 0.
       init_std: kernels start ~ Normal(0, init_std); biases start at zero.
       dropout_rng: "hash" (`hash_dropout`, the default) or "jax" (flax's nn.Dropout, which
         draws one JAX PRNG uniform per unit).
@@ -130,7 +146,7 @@ class AutoRec(nn.Module):
         for i in range(len(self.hidden)):
             hidden_BxH = ACTIVATIONS[self.activation](getattr(self, f"hidden_{i}")(hidden_BxH))
             activations.append(hidden_BxH)
-            if train and self.dropout > 0:
+            if train and (isinstance(self.dropout, DropoutRate) or self.dropout > 0):
                 if self.dropout_rng == "jax":
                     hidden_BxH = self.jax_dropout(hidden_BxH, deterministic=False)
                 else:
@@ -156,7 +172,11 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hash_dropout(x: jax.Array, rate: float, rng: jax.Array,
+def _threshold(rate: float) -> int:
+    return min(round(rate * 2.0 ** 32), 2 ** 32 - 1)
+
+
+def hash_dropout(x: jax.Array, rate: "float | DropoutRate", rng: jax.Array,
                  row_ids: jax.Array | None = None) -> jax.Array:
     """Inverted dropout whose keep mask hashes (unit index, 64-bit seed drawn from `rng`).
 
@@ -177,7 +197,9 @@ def hash_dropout(x: jax.Array, rate: float, rng: jax.Array,
         counter = (jnp.asarray(row_ids, jnp.uint32)[:, None] * jnp.uint32(width)
                    + jax.lax.iota(jnp.uint32, width)[None, :])
     bits = _mix32(_mix32(counter ^ seed[0]) + seed[1])
-    keep = bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
+    if isinstance(rate, DropoutRate):
+        return jnp.where(bits >= rate.threshold, x / rate.keep, 0.0)
+    keep = bits >= jnp.uint32(_threshold(rate))
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 

@@ -22,7 +22,8 @@ def kernels_only(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+def create_optimizer(config: OptimConfig, *, lr=None,
+                     weight_decay=None) -> optax.GradientTransformation:
     """The book's recipe by default: wd * w added to the gradient, then Adam (MXNet `wd`).
 
     "coupled" decay is exactly the gradient of (wd / 2) * ||w||^2 added to the loss, so it
@@ -30,7 +31,15 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     `optax.adamw` and `torch.optim.AdamW`) bypasses it: after the optimiser's (descent-signed)
     update, every decayed weight moves by -lr * wd * w, so it shrinks by the factor
     (1 - lr * wd) per step whatever the optimiser. For rprop, lr is its initial step size.
+
+    Args:
+      lr, weight_decay: replace the config's values; may be arrays (as
+        `optax.inject_hyperparams` passes them, `run.multi`). A given weight_decay always
+        adds the decay transform (a decay of 0 then adds 0 * w).
     """
+    lr = config.lr if lr is None else lr
+    decays = bool(config.weight_decay) if weight_decay is None else True
+    weight_decay = config.weight_decay if weight_decay is None else weight_decay
     if config.optimizer == "adam":
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
     elif config.optimizer == "sgd":
@@ -38,20 +47,19 @@ def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     elif config.optimizer == "rprop":
         # Per-weight step sizes adapted from gradient signs; lr is the initial step size,
         # and the update comes out already scaled (no learning-rate factor after it).
-        scale = scale_by_rprop(config.lr)
+        scale = scale_by_rprop(lr)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     # Every part list ends in a descent step: updates to add to the params.
     parts = [scale] if config.optimizer == "rprop" else [
-        scale, optax.scale_by_learning_rate(config.lr)]
-    if config.weight_decay:
+        scale, optax.scale_by_learning_rate(lr)]
+    if decays:
         mask = None if config.decay_biases else kernels_only
         if config.decay_style == "coupled":
-            parts.insert(0, optax.add_decayed_weights(config.weight_decay, mask=mask))
+            parts.insert(0, optax.add_decayed_weights(weight_decay, mask=mask))
         else:
             # After the descent step, so the sign is the descent's: -lr * wd * w.
-            parts.append(optax.add_decayed_weights(-config.lr * config.weight_decay,
-                                                   mask=mask))
+            parts.append(optax.add_decayed_weights(-lr * weight_decay, mask=mask))
     return optax.chain(*parts)
 
 

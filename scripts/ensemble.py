@@ -75,6 +75,9 @@ EXTRA = {
     "--user-seeds": dict(default=None, help="U-AutoRec members' seeds: A-B or A,B,C"),
     "--members": dict(nargs="+", default=None, metavar="FLAGS",
                       help="one train.py flag string per member (instead of seeds)"),
+    "--one-at-a-time": dict(action="store_true",
+                            help="train the members one after another, not those that share shapes "
+                                 "together in one compiled step"),
 }
 
 
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         result = ensemble.train_ensemble(member_configs(base, args), out_dir=args.out,
-                                         progress=sys.stdout.isatty() and not args.quiet)
+                                         progress=sys.stdout.isatty() and not args.quiet,
+                                         batch_members=not args.one_at_a_time)
         print("\n".join(ensemble.format_lines(result.summary)))
         return 0
 

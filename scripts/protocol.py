@@ -10,8 +10,9 @@ model), book:N (seeds 0..N-1), u1-u5 or uK (MovieLens 100K's official splits), k
 folds of one seeded partition). Every train.py config flag applies to every split. Each
 split is a run folder under --out; results.csv, results.json and report.md sit beside them.
 Run it again with the same flags to finish an interrupted protocol (finished splits are
-skipped); another config in the same --out is refused. Exits 2 on a bad flag or plan, 1 on
-bad data or a failed run.
+skipped); another config in the same --out is refused. Splits whose shapes agree train
+together in one compiled step (autorec_jax.multi), unless --one-at-a-time. Exits 2 on a
+bad flag or plan, 1 on bad data or a failed run.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ if __name__ == "__main__":
 from autorec_jax.run.cli import parse_run_args, run_main  # noqa: E402
 
 PROG = "protocol.py"
-EXTRA = {"--splits": dict(default="book:0-4",
-                          help="split plan: book:A-B, book:N, u1-u5, uK or kfold:K")}
+EXTRA = {
+    "--splits": dict(default="book:0-4",
+                     help="split plan: book:A-B, book:N, u1-u5, uK or kfold:K"),
+    "--one-at-a-time": dict(action="store_true",
+                            help="train the splits one after another, not those that share "
+                                 "shapes together in one compiled step"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         plan = protocol.split_plan(args.splits, config)
-        result = protocol.run_protocol(config, plan, args.out)
+        result = protocol.run_protocol(config, plan, args.out,
+                                       batch_members=not args.one_at_a_time)
         for row in result.table.itertuples():
             epoch = "best" if "valid_rmse" in result.table else "last"
             print(f"{row.label}: test RMSE {row.test_rmse:.4f}  MAE {row.test_mae:.4f}  "

@@ -67,6 +67,10 @@ EXTRA = {
                        help="run only these settings of the grid, comma-separated labels "
                             "as in results.csv, e.g. hidden=10,hidden=500"),
     "--verbose": dict(action="store_true", help="also log every epoch of every run"),
+    "--one-at-a-time": dict(action="store_true",
+                            help="train the runs one after another, not those that share "
+                                 "shapes (seeds, lr, decay, dropout) together in one "
+                                 "compiled step"),
 }
 
 
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         for grid in grids:
             sweep.run_configs(config, settings[grid], args.seeds)
         for grid in grids:
-            results = sweep.run_grid(config, settings[grid], args.seeds, out, name=grid)
+            results = sweep.run_grid(config, settings[grid], args.seeds, out, name=grid,
+                                     batch_members=not args.one_at_a_time)
             md, png = sweep_report.write_report(results, out, grid)
             best = sweep.summarize_grid(results).query("best")
             for row in best.itertuples():

@@ -131,6 +131,15 @@ def test_members_share_one_split_and_report_their_runs_scores(ens):
                                                    result.test_targets_T))
 
 
+def test_members_that_share_shapes_trained_together_and_the_user_member_alone(ens):
+    _, result = ens
+    # The two I-AutoRec members shared one compiled step (and so did their retraining);
+    # the U-AutoRec member has another row width and trained alone.
+    assert [run.summary.get("members", {}).get("count") for run in result.runs] == [2, 2, None]
+    assert [run.retrained.summary.get("members", {}).get("count")
+            for run in result.runs] == [2, 2, None]
+
+
 def test_valid_preds_come_from_the_selected_params_and_test_preds_from_the_retrained(ens):
     _, result = ens
     for index, run in enumerate(result.runs):

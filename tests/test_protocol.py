@@ -114,6 +114,23 @@ def test_run_protocol_rows_equal_separate_runs(real_protocol, ratings):
     assert report.rstrip().endswith(protocol.format_mean_ci(result.test_rmse))
 
 
+def test_run_protocol_trains_fresh_splits_together_and_batching_can_be_turned_off(
+        real_protocol, ratings, tmp_path):
+    out, result = real_protocol
+    # The two fresh splits shared one compiled step (`multi.train_many`) ...
+    for label in ("seed0", "seed1"):
+        summary = json.loads((out / label / "summary.json").read_text())
+        assert summary["members"]["count"] == 2
+    # ... and equal the same protocol run one split at a time.
+    apart = protocol.run_protocol(base_config(), "book:2", tmp_path / "apart", ratings=ratings,
+                                  batch_members=False)
+    assert "members" not in json.loads((tmp_path / "apart" / "seed0" / "summary.json")
+                                       .read_text())
+    for key in ("test_rmse", "valid_rmse", "test_mae"):
+        np.testing.assert_allclose(result.table[key], apart.table[key], rtol=1e-6)
+    assert list(result.table["best_epoch"]) == list(apart.table["best_epoch"])
+
+
 def test_run_protocol_twice_runs_nothing_new(real_protocol, ratings):
     out, first = real_protocol
     train = counting(ar.train_and_evaluate)

@@ -66,6 +66,21 @@ def test_rows_equal_single_runs_of_the_same_config(tmp_path, ratings):
         assert row.wall_seconds >= row.train_seconds > 0 and row.compile_seconds >= 0
 
 
+def test_seeds_and_float_settings_train_together_and_equal_runs_one_at_a_time(tmp_path,
+                                                                              ratings):
+    grid = [{"lr": 0.01}, {"lr": 0.02, "dropout": 0.2}]
+    together = sweep.run_grid(BASE, grid, (0, 1), tmp_path / "together", ratings=ratings)
+    apart = sweep.run_grid(BASE, grid, (0, 1), tmp_path / "apart", ratings=ratings,
+                           batch_members=False)
+    assert list(together["setting"]) == list(apart["setting"])
+    assert list(together["seed"]) == list(apart["seed"]) == [0, 1, 0, 1]
+    for key in ("valid_rmse", "test_rmse"):
+        np.testing.assert_allclose(together[key], apart[key], rtol=1e-6)
+    assert list(together["best_epoch"]) == list(apart["best_epoch"])
+    # The four runs shared one step: each row carries a quarter of the group's wall time.
+    assert together["wall_seconds"].nunique() == 1
+
+
 def test_a_second_call_runs_nothing(tmp_path):
     first = fake_train()
     rows = sweep.run_grid(BASE, GRID, (0, 1), tmp_path, train_fn=first)

@@ -348,19 +348,22 @@ def _report(bar, record) -> None:
 
 
 def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
-            retrained=None, **seams):
+            retrained=None, *, evaluate_fn=None, extra=None, **seams):
     """Scores the chosen params on every held-out set, saves the model and the summary.
 
     With `retrained` (a `TrainResult` on train + validation), the test scores and the saved
     model are the retrained run's; validation scores stay the selected params'.
+    `evaluate_fn(params, names)` replaces `evaluate(experiment, ...)` (`multi` passes the
+    scores it computed for all members at once); `extra` is added to the summary.
     """
     config = experiment.config
+    evaluate_fn = evaluate_fn or functools.partial(evaluate, experiment)
     params = selected = best_params if best_params is not None else state.params
     if retrained is not None:
-        scores = {**evaluate(experiment, params, ("valid",)), "test": retrained.scores["test"]}
+        scores = {**evaluate_fn(params, ("valid",)), "test": retrained.scores["test"]}
         params = retrained.state.params
     elif best_params is not None or "test" not in scores:
-        scores = evaluate(experiment, params)
+        scores = evaluate_fn(params, None)
     test, facts = scores["test"], experiment.data.facts
     summary = {
         "config": to_dict(config),
@@ -395,6 +398,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
                  **({"parts": str(config.data.parts)} if config.data.parts else {}),
                  "rows": experiment.num_rows, "row_width": experiment.row_width},
         **reporting.environment(),
+        **(extra or {}),
     }
     if save_dir is not None:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from autorec_jax.data import coldstart
-from autorec_jax.run import preflight, reporting
+from autorec_jax.run import multi, preflight, reporting
 from autorec_jax.config import Config, DataConfig, to_dict
 from autorec_jax.data.ratings import Ratings, row_matrix
 from autorec_jax.fileio import atomic_write_bytes
@@ -141,7 +141,7 @@ def check_members(configs: Sequence[Config], labels: Sequence[str]) -> None:
 def train_ensemble(member_configs: Sequence[Config], *, labels: Sequence[str] | None = None,
                    ratings: Ratings | None = None, cache_dir=None, out_dir=None,
                    train_fn: Callable = train_and_evaluate, progress: bool = False,
-                   **seams) -> EnsembleResult:
+                   batch_members: bool = True, **seams) -> EnsembleResult:
     """Trains every member on one split and blends them, the weights fit on validation.
 
     Validation predictions come from each member's `selected_params` (chosen on, and trained
@@ -158,6 +158,10 @@ def train_ensemble(member_configs: Sequence[Config], *, labels: Sequence[str] | 
       out_dir: the ensemble folder (see the module docstring), or None to keep nothing. A
         member folder already there is resumed (a finished member is not trained again).
       train_fn: `train_and_evaluate` or a stand-in with its signature.
+      batch_members: with the default `train_fn`, members not yet started whose shapes
+        agree (seeds, lr, weight decay, dropout) train together in one compiled step
+        (`multi.train_many`: each equals its run alone to float32 round-off); False: one
+        at a time.
 
     Returns:
       EnsembleResult; `summary` is what ensemble.json holds.
@@ -170,13 +174,34 @@ def train_ensemble(member_configs: Sequence[Config], *, labels: Sequence[str] | 
     labels = [member_label(c) for c in configs] if labels is None else list(labels)
     check_members(configs, labels)
     root = None if out_dir is None else preflight.check_out_dir(out_dir)
-    runs = []
+    folders = [None if root is None else root / f"member{index}"
+               for index in range(len(configs))]
+    runs: list = [None] * len(configs)
+    if batch_members and train_fn is train_and_evaluate:
+        # Members not yet started whose shapes agree train together in one compiled step.
+        fresh = [i for i, folder in enumerate(folders) if folder is None or not folder.exists()]
+        for group in multi.group_members([configs[i] for i in fresh]):
+            if len(group) < 2:
+                continue
+            chosen = [fresh[i] for i in group]
+            log.info("members %s in one compiled step", ", ".join(labels[i] for i in chosen))
+            try:
+                trained = multi.train_many([configs[i] for i in chosen],
+                                           [folders[i] for i in chosen], ratings=ratings,
+                                           cache_dir=cache_dir, **seams)
+            except multi.MembersDiffer as why:
+                log.info("they train one at a time: %s", why)
+                continue
+            for i, run in zip(chosen, trained):
+                runs[i] = run
     for index, (label, config) in enumerate(zip(labels, configs)):
-        folder = None if root is None else root / f"member{index}"
+        if runs[index] is not None:
+            continue
+        folder = folders[index]
         log.info("member %d/%d: %s", index + 1, len(configs), label)
         kwargs = {} if folder is None else {"resume": folder.exists()}
-        runs.append(train_fn(config, folder, ratings=ratings, cache_dir=cache_dir,
-                             progress=progress, **kwargs, **seams))
+        runs[index] = train_fn(config, folder, ratings=ratings, cache_dir=cache_dir,
+                               progress=progress, **kwargs, **seams)
     result = _blend_runs(runs, labels)
     if root is not None:
         reporting.write_json(root / ENSEMBLE_FILE, reporting.finite_or_none(result.summary))

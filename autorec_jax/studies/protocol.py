@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import pandas as pd
 
-from autorec_jax.run import preflight, reporting
+from autorec_jax.run import multi, preflight, reporting
 from autorec_jax.studies import stats
 from autorec_jax.config import SEED_LIMIT, Config, flatten, replace, to_dict
 from autorec_jax.fileio import atomic_write_bytes
@@ -74,7 +74,8 @@ def split_plan(name: str, config: Config) -> list[tuple[str, Config]]:
 
 
 def run_protocol(config: Config, plan, out_dir=None, *, ratings=None,
-                 train_fn: Callable = train_and_evaluate, **seams) -> ProtocolResult:
+                 train_fn: Callable = train_and_evaluate, batch_members: bool = True,
+                 **seams) -> ProtocolResult:
     """Trains and evaluates one config on every split of `plan`; resumable.
 
     Args:
@@ -85,6 +86,10 @@ def run_protocol(config: Config, plan, out_dir=None, *, ratings=None,
         resumed from its run folder's checkpoint.
       ratings: passed to `train_fn` (synthetic data; default: each config's dataset).
       train_fn: `train_and_evaluate` or a stand-in with its signature.
+      batch_members: with the default `train_fn`, train the splits not yet started whose
+        shapes agree together, in one compiled step (`multi.train_many`: each equals its
+        run alone to float32 round-off); a split with a folder to resume runs alone.
+        False: one split at a time.
       **seams: passed to `train_fn` (optimizer=, loss_fn=, ...), e.g. a research change.
 
     Returns:
@@ -107,25 +112,63 @@ def run_protocol(config: Config, plan, out_dir=None, *, ratings=None,
                     "than its split and seed", there="in the protocol", here="the split")
     root = None if out_dir is None else preflight.check_out_dir(out_dir)
     done = _load(root, identity)
-    for index, (label, split_config) in enumerate(plan, 1):
+    todo = []
+    for label, split_config in plan:
         if label in done:
             _check_same(done[label]["config"], _json(to_dict(split_config)),
                         f"split {label} in {root} was run with another config",
                         here="this plan", hint="; use another --out folder")
             log.info("split %s: already in %s, skipped", label, root / RESULTS)
-            continue
-        log.info("split %d/%d: %s", index, len(plan), label)
-        # A folder left by a killed protocol holds the split's latest checkpoint.
-        kwargs = {} if root is None else {"resume": (root / label).exists()}
-        result = train_fn(split_config, None if root is None else root / label,
-                          ratings=ratings, **kwargs, **seams)
-        done[label] = {"config": _json(to_dict(split_config)),
-                       "row": summary_row(label, split_config, result.summary)}
-        log.info("split %s: test RMSE %.4f", label, result.summary["test_rmse"])
-        if root is not None:
-            _save(root, identity, done)
+        else:
+            todo.append((label, split_config))
+    position = {label: index for index, label in enumerate(labels, 1)}
+    for job in _jobs(todo, root, batch_members and train_fn is train_and_evaluate):
+        results = None
+        if len(job) > 1:
+            log.info("splits %s: %d members in one compiled step",
+                     ", ".join(label for label, _ in job), len(job))
+            try:
+                results = multi.train_many(
+                    [c for _, c in job], None if root is None else [root / label
+                                                                    for label, _ in job],
+                    ratings=ratings, **seams)
+            except multi.MembersDiffer as why:
+                log.info("splits %s run one at a time: %s", ", ".join(lb for lb, _ in job),
+                         why)
+        if results is None:
+            results = []
+            for label, split_config in job:
+                log.info("split %d/%d: %s", position[label], len(plan), label)
+                # A folder left by a killed protocol holds the split's latest checkpoint.
+                kwargs = {} if root is None else {"resume": (root / label).exists()}
+                results.append(train_fn(split_config, None if root is None else root / label,
+                                        ratings=ratings, **kwargs, **seams))
+                _record(done, root, identity, label, split_config, results[-1])
+        else:
+            for (label, split_config), result in zip(job, results):
+                _record(done, root, identity, label, split_config, result)
     table = pd.DataFrame([done[label]["row"] for label in labels])
     return ProtocolResult(table, stats.mean_ci(table["test_rmse"]))
+
+
+def _jobs(todo: list, root: Path | None, batch: bool) -> list[list]:
+    """The splits to run, grouped: members that may share a step (not yet started) go
+    together; a split with a folder to resume, or alone in its group, runs by itself."""
+    if not batch:
+        return [[item] for item in todo]
+    fresh = [item for item in todo if root is None or not (root / item[0]).exists()]
+    jobs = [[item] for item in todo if item not in fresh]
+    jobs += [[fresh[i] for i in group]
+             for group in multi.group_members([c for _, c in fresh])]
+    return jobs
+
+
+def _record(done, root, identity, label, split_config, result) -> None:
+    done[label] = {"config": _json(to_dict(split_config)),
+                   "row": summary_row(label, split_config, result.summary)}
+    log.info("split %s: test RMSE %.4f", label, result.summary["test_rmse"])
+    if root is not None:
+        _save(root, identity, done)
 
 
 def summary_row(label: str, config: Config, summary: dict) -> dict:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from autorec_jax import config as config_lib
+from autorec_jax import config as config_lib, multi
 from autorec_jax.config import Config
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import ConfigError, TrainingDivergedError
@@ -147,7 +147,8 @@ def base_identity(base: Config) -> dict:
 
 def run_grid(base_config: Config, grid: str | Sequence[Overrides], seeds: Sequence[int],
              out_dir: str | Path, *, ratings: Ratings | None = None,
-             train_fn: Callable = train_and_evaluate, name: str | None = None) -> pd.DataFrame:
+             train_fn: Callable = train_and_evaluate, name: str | None = None,
+             batch_members: bool = True) -> pd.DataFrame:
     """Runs every (setting, seed) of `grid` not yet in `out_dir/results.csv`.
 
     Each run keeps its best-validation epoch (early stopping) and is scored on test once at
@@ -164,6 +165,10 @@ def run_grid(base_config: Config, grid: str | Sequence[Overrides], seeds: Sequen
       ratings: train on these instead of loading the config's dataset.
       train_fn: `(config, out_dir, *, ratings) -> TrainResult`; `train_and_evaluate`.
       name: the grid's name in the rows (default: `grid` when a name, else "custom").
+      batch_members: with the default `train_fn`, train the runs whose shapes agree (seeds,
+        lr, weight decay, dropout settings) together in one compiled step
+        (`multi.train_many`; each equals its run alone to float32 round-off; each row's
+        wall_seconds is its share of the group's); False: one run at a time.
 
     Returns:
       This grid's rows (COLUMNS), earlier ones included, in results.csv order.
@@ -181,19 +186,39 @@ def run_grid(base_config: Config, grid: str | Sequence[Overrides], seeds: Sequen
     if len(todo) < len(runs):
         log.info("%s: %d of %d runs already in %s", name, len(runs) - len(todo), len(runs),
                  Path(out_dir) / RESULTS_FILE)
-    for overrides, seed, config in todo:
+    jobs = ([[todo[i] for i in group] for group in multi.group_members([c for *_, c in todo])]
+            if batch_members and train_fn is train_and_evaluate else [[run] for run in todo])
+    for job in jobs:
         start = time.perf_counter()
-        try:
-            summary, error = train_fn(config, None, ratings=ratings).summary, ""
-        except TrainingDivergedError as err:
-            # A setting that diverges is a result (it never becomes the best), not a crash.
-            summary, error = {}, str(err)
-        rows.append(result_row(name, overrides, seed, summary, time.perf_counter() - start,
-                               error))
-        write_csv(Path(out_dir) / RESULTS_FILE, rows)
-        log.info("%s  %-40s seed %d  valid %.4f  test %.4f  %5.1f s%s", name,
-                 rows[-1]["setting"], seed, rows[-1]["valid_rmse"], rows[-1]["test_rmse"],
-                 rows[-1]["wall_seconds"], f"  {error}" if error else "")
+        outcomes = None
+        if len(job) > 1:
+            try:
+                outcomes = [(r, "") if not isinstance(r, TrainingDivergedError) else (None, str(r))
+                            for r in multi.train_many([c for *_, c in job], ratings=ratings,
+                                                      diverged="return")]
+            except multi.MembersDiffer as why:
+                log.info("%s: %d runs one at a time: %s", name, len(job), why)
+        # Runs trained together share the wall time: each row gets its share.
+        share = (time.perf_counter() - start) / len(job)
+        for index, (overrides, seed, config) in enumerate(job):
+            if outcomes is None:
+                start = time.perf_counter()
+                try:
+                    summary, error = train_fn(config, None, ratings=ratings).summary, ""
+                except TrainingDivergedError as err:
+                    # A setting that diverges is a result (it never becomes the best), not a
+                    # crash.
+                    summary, error = {}, str(err)
+                wall = time.perf_counter() - start
+            else:
+                result, error = outcomes[index]
+                summary = {} if result is None else result.summary
+                wall = share
+            rows.append(result_row(name, overrides, seed, summary, wall, error))
+            write_csv(Path(out_dir) / RESULTS_FILE, rows)
+            log.info("%s  %-40s seed %d  valid %.4f  test %.4f  %5.1f s%s", name,
+                     rows[-1]["setting"], seed, rows[-1]["valid_rmse"], rows[-1]["test_rmse"],
+                     rows[-1]["wall_seconds"], f"  {error}" if error else "")
     results = read_results(out_dir)
     return results[results["grid"] == name].reset_index(drop=True)
 
