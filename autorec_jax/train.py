@@ -23,7 +23,7 @@ from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
 from autorec_jax.optim import create_optimizer
-from autorec_jax.parallel import Parallel, axis_index_if, psum_if
+from autorec_jax.parallel import Parallel, axis_index_if, psum_if, pvary_if
 from autorec_jax.rows import DeviceRows, densify_fields
 
 PyTree = Any
@@ -114,7 +114,10 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
     # Forward pass, then the normaliser from counts summed over devices, then the backward
     # pass seeded with 1/denominator (the gradients come out scaled, with no extra pass over
     # them), then ONE psum of the local gradients: exact on any split of rows over devices.
-    local, backward, (count, extra) = jax.vjp(local_sum, state.params, has_aux=True)
+    # The params are marked varying over the devices (a no-op on one device and under pmap)
+    # so that under shard_map's check_vma autodiff does not psum their gradients itself.
+    local, backward, (count, extra) = jax.vjp(local_sum, pvary_if(state.params, axis_name),
+                                              has_aux=True)
     num_rows = jnp.sum(batch["row_mask"], dtype=jnp.float32)
     num_observed = jnp.sum(batch["mask"], dtype=jnp.float32)
     loss_sum, count, extra, num_rows, num_observed = psum_if(
@@ -232,13 +235,15 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
                     donate: bool = True) -> Callable:
     """A compiled `train_step` for the caller's own loop on the caller's own dense batches.
 
-    Returns `step_fn(state, batch, rng) -> (state, metrics)`: `batch` holds "ratings" float32
-    [B, N] and optionally "mask", "row_mask", "weights" and other [B, ...] fields (see
-    `compute_grads`); under pmap or sharded the function splits its rows over the devices
-    itself (padding with no-op rows), so the loop never branches on the mode. Place the
-    state once with `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width;
-    with a model axis it splits the N-sized axes). With `donate`, the old state is deleted
-    by each call: never reuse it.
+    Returns `step_fn(state, batch, rng) -> (state, metrics)`, a `jax.jit` function (it
+    composes with vmap, scan and jit): `batch` holds "ratings" float32 [B, N] and optionally
+    "mask", "row_mask", "weights" and other [B, ...] fields (see `compute_grads`), on the
+    host or on a device; under pmap or sharded the compiled function fills in and splits
+    its rows over the devices itself (padding with no-op rows), on the device, so the loop
+    never branches on the mode. Place the state once with
+    `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width; with a model axis
+    it splits the N-sized axes). With `donate`, the old state is deleted by each call: never
+    reuse it.
     """
     parallel = Parallel.create(parallel, config.train.model_parallel)
     compiled = parallel.compile(
@@ -246,8 +251,9 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
                           grad_transform=grad_transform),
         in_axes=(None, 0, None), donate_argnums=(0,) if donate else ())
 
-    def step_fn(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        return compiled(state, parallel.shard_rows(complete_batch(batch)), rng)
+    def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        return compiled(state, parallel.split_rows(complete_batch(batch)), rng)
 
+    step_fn = jax.jit(step, donate_argnums=(0,) if donate else ())
     step_fn.parallel = parallel
     return step_fn
