@@ -108,9 +108,9 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     steps = placement.steps_per_epoch(config, data, batch_size)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
     # Built under jit straight into its layout: each device holds only its shard.
-    state = parallel.build(lambda: create_train_state(config, data.num_cols, init_rng,
-                                                      optimizer=optimizer),
-                           row_width=data.num_cols)
+    state = parallel.build(lambda rng: create_train_state(config, data.num_cols, rng,
+                                                          optimizer=optimizer),
+                           init_rng, row_width=data.num_cols)
     placed = placement.place(data, parallel, config.train.eval_batch_size)
     data_axis = None if placed.layout == "replicated" else 0
     repeats = 2 if config.train.last_batch == "rollover" else 1

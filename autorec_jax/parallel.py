@@ -333,11 +333,12 @@ class Parallel:
         shardings = self.shardings(tree, row_width)
         return jax.tree.map(self._put, tree, shardings)
 
-    def build(self, create: Callable[[], PyTree], row_width: int | None = None) -> PyTree:
-        """`create()` (e.g. a fresh train state) computed under jit straight into the layout
-        of `replicate`: each device only ever holds its own shard."""
-        shardings = self.shardings(jax.eval_shape(create), row_width)
-        return jax.jit(create, out_shardings=shardings)()
+    def build(self, create: Callable[..., PyTree], *args, row_width: int | None = None
+              ) -> PyTree:
+        """`create(*args)` (e.g. a fresh train state) computed under jit straight into the
+        layout of `replicate`: each device only ever holds its own shard."""
+        shardings = self.shardings(jax.eval_shape(create, *args), row_width)
+        return jax.jit(create, out_shardings=shardings)(*args)
 
     def shardings(self, tree: PyTree, row_width: int | None = None) -> PyTree:
         """The `NamedSharding` of each leaf of `tree` (arrays or shapes) in this layout."""
