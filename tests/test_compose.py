@@ -31,10 +31,12 @@ def ratings_24():
     return random_ratings(num_users=24, num_items=40, density=0.3, seed=2)
 
 
+def like(template, state):
+    """`state` with the static fields of `template`: one pytree structure, one compile."""
+    return state.replace(apply_fn=template.apply_fn, tx=template.tx)
+
+
 def stack(trees):
-    """Leaves stacked on a new leading axis (train states: the first one's static fields)."""
-    if hasattr(trees[0], "apply_fn"):
-        trees = [t.replace(apply_fn=trees[0].apply_fn, tx=trees[0].tx) for t in trees]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
@@ -54,11 +56,12 @@ def test_step_epoch_and_evaluator_compose_with_vmap_scan_and_jit(mode):
     rows = rows_24()
     dense = to_dense(rows)
     step = make_train_step(config, parallel=mode)
-    rng, tx = jax.random.key(5), optax.sgd(0.3)  # one optimiser: one pytree structure
+    rng = jax.random.key(5)
+    template = create_train_state(config, rows.num_cols, rng)
 
-    def fresh(seed):  # a new state per call: every call donates its state
-        return step.parallel.replicate(create_train_state(
-            config, rows.num_cols, jax.random.key(seed), optimizer=tx), rows.num_cols)
+    def fresh(seed):  # a new state per call (each call donates its state), one structure
+        return step.parallel.replicate(like(template, create_train_state(
+            config, rows.num_cols, jax.random.key(seed))), rows.num_cols)
 
     batches = jnp.asarray(np.stack([dense[np.random.default_rng(i).permutation(
         rows.num_rows)[:12]] for i in range(2)]))
@@ -75,7 +78,7 @@ def test_step_epoch_and_evaluator_compose_with_vmap_scan_and_jit(mode):
     close(jax.jit(step)(fresh(1), {"ratings": batches[0]}, rng), alone[1])
 
     # The epoch and the evaluator of a run, the same way.
-    experiment, state = setup(config, ratings_24(), optimizer=tx)
+    experiment, template = setup(config, ratings_24())
     parallel = experiment.parallel
     plan = np.arange(24, dtype=np.int32).reshape(2, 12) % experiment.num_rows
     data, index = placement.epoch_data(experiment.placed, experiment.data, parallel,
@@ -83,9 +86,8 @@ def test_step_epoch_and_evaluator_compose_with_vmap_scan_and_jit(mode):
     epoch, srng = experiment.train_epoch_fn, experiment.step_rng
 
     def state_of(seed):
-        return parallel.replicate(create_train_state(
-            config, experiment.row_width, jax.random.key(seed), optimizer=tx),
-            experiment.row_width)
+        return parallel.replicate(like(template, create_train_state(
+            config, experiment.row_width, jax.random.key(seed))), experiment.row_width)
 
     epoch_alone = [epoch(state_of(seed), data, index, srng) for seed in (0, 1)]
     epoch_both = jax.vmap(epoch, in_axes=(0, None, None, None))(
