@@ -337,8 +337,13 @@ class Parallel:
               ) -> PyTree:
         """`create(*args)` (e.g. a fresh train state) computed under jit straight into the
         layout of `replicate`: each device only ever holds its own shard."""
-        shardings = self.shardings(jax.eval_shape(create, *args), row_width)
-        return jax.jit(create, out_shardings=shardings)(*args)
+        abstract = jax.eval_shape(create, *args)
+        # Leaves only: static fields (a train state's apply_fn, tx) differ between two calls
+        # of `create`, and jit's out_shardings must match the output's structure exactly.
+        leaves = jax.jit(lambda *a: jax.tree.leaves(create(*a)),
+                         out_shardings=jax.tree.leaves(self.shardings(abstract, row_width)))(
+            *self.replicate(args))  # replicated: across processes jit takes global arrays
+        return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
     def shardings(self, tree: PyTree, row_width: int | None = None) -> PyTree:
         """The `NamedSharding` of each leaf of `tree` (arrays or shapes) in this layout."""
