@@ -489,8 +489,6 @@ def fetch(tree: PyTree) -> PyTree:
     return jax.tree.map(to_host, tree)
 
 
-
-
 # JAX's monitoring events of one compilation: tracing to a jaxpr, lowering to MLIR, and XLA's
 # compile (jax/_src/dispatch.py; the same names in jax 0.10 and 0.11).
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",

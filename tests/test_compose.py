@@ -8,7 +8,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from autorec_jax import experiment as experiment_lib
@@ -103,8 +102,8 @@ def test_step_epoch_and_evaluator_compose_with_vmap_scan_and_jit(mode):
     heldout, eval_index = experiment.placed.heldout["test"], experiment.placed.eval_index
     params = [twice.params, epoch_alone[1][0].params]  # (epoch_alone[0] was donated)
     sums = [experiment.eval_fn(p, heldout, eval_index) for p in params]
-    close(jax.vmap(experiment.eval_fn, in_axes=(0, None, None))(stack(params), heldout,
-                                                                  eval_index), stack(sums))
+    vmapped = jax.vmap(experiment.eval_fn, in_axes=(0, None, None))
+    close(vmapped(stack(params), heldout, eval_index), stack(sums))
     close(jax.lax.scan(lambda c, p: (c, experiment.eval_fn(p, heldout, eval_index)), None,
                        stack(params))[1], stack(sums))
     close(jax.jit(experiment.eval_fn)(params[1], heldout, eval_index), sums[1])
@@ -180,15 +179,15 @@ def test_setup_builds_the_state_under_jit_in_its_sharded_layout(monkeypatch):
     expected = create_train_state(config, n, jax.random.split(jax.random.key(config.seed),
                                                               3)[0])
     close(state.params, expected.params)
-    mu = state.opt_state[0].mu if isinstance(state.opt_state, tuple) else None
-    for tree in (state.params, mu):
-        if tree is None:
-            continue
-        assert tree["hidden_0"]["kernel"].sharding.spec[0] == MODEL_AXIS
-        assert tree["hidden_0"]["kernel"].addressable_shards[0].data.shape == (n // 2, 6)
-        assert tuple(tree["output"]["kernel"].sharding.spec) == (None, MODEL_AXIS)
-    assert tuple(state.params["hidden_0"]["bias"].sharding.spec) in ((), (None,))  # H-sized: replicated
-    assert isinstance(optax.tree.norm(state.params), jax.Array)
+    kernel = state.params["hidden_0"]["kernel"]
+    assert tuple(kernel.sharding.spec)[:1] == (MODEL_AXIS,)
+    assert kernel.addressable_shards[0].data.shape == (n // 2, 6)
+    assert tuple(state.params["output"]["kernel"].sharding.spec) == (None, MODEL_AXIS)
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == (n, 6)]
+    assert len(moments) == 2  # Adam's mu and nu of V, split the same way
+    assert all(x.addressable_shards[0].data.shape == (n // 2, 6) for x in moments)
+    # H-sized: replicated.
+    assert tuple(state.params["hidden_0"]["bias"].sharding.spec) in ((), (None,))
 
 
 @needs_8
