@@ -6,8 +6,9 @@ A per-device function takes its arguments positionally plus `axis_name=` (None u
 the caller shards them with `shard` or `shard_rows`). Every collective is a psum of sums and
 counts, so results are replicated and come back with the same structure as under jit
 (`out_axes=None`). An output that differs per device must be declared with `out_axes=0` (it
-then comes back [D, ...]; `unshard_rows` merges it); one declared replicated that is not is
-refused when the function is first compiled, never returned as device 0's share.
+then comes back [D, ...]; `unshard_rows` merges it); under sharded, one declared replicated
+that is not is refused when the function is traced, never returned as device 0's share
+(pmap cannot tell: see below).
 
 Modes:
   jit      one device, `axis_name=None`: every psum is the identity.
