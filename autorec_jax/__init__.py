@@ -75,7 +75,7 @@ _LAZY_MODULES = {
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
     "autorec_jax.mixed_precision": ("low_precision_matmul",),
-    "autorec_jax.multi": ("MembersDiffer", "MultiExperiment", "check_members",
+    "autorec_jax.run.multi": ("MembersDiffer", "MultiExperiment", "check_members",
                           "evaluate_many", "group_members", "run_epoch_many", "setup_many",
                           "train_many"),
     "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),

@@ -26,7 +26,7 @@ PyTree = Any
 
 class DropoutRate(NamedTuple):
     """A dropout rate as arrays, so that it can be traced (several models in one step,
-    `autorec_jax.multi`): the hash threshold and the keep probability that `hash_dropout`
+    `autorec_jax.run.multi`): the hash threshold and the keep probability that `hash_dropout`
     derives from a float rate, computed on the host exactly as it does."""
 
     threshold: Any         # uint32: a unit is kept where its hash bits >= threshold

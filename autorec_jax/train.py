@@ -23,7 +23,7 @@ from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed
                                 reconstruction_loss)
 from autorec_jax.model import create_model, init_params
 from autorec_jax.optim import create_optimizer
-from autorec_jax.collectives import axis_index_if, psum_if
+from autorec_jax.collectives import axis_index_if, psum_if, pvary_if
 from autorec_jax.rows import DeviceRows, densify_fields
 
 PyTree = Any
@@ -115,7 +115,10 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
     # Forward pass, then the normaliser from counts summed over devices, then the backward
     # pass seeded with 1/denominator (the gradients come out scaled, with no extra pass over
     # them), then ONE psum of the local gradients: exact on any split of rows over devices.
-    local, backward, (count, extra) = jax.vjp(local_sum, state.params, has_aux=True)
+    # The params are marked varying over the devices (a no-op on one device and under pmap)
+    # so that under shard_map's check_vma autodiff does not psum their gradients itself.
+    local, backward, (count, extra) = jax.vjp(local_sum, pvary_if(state.params, axis_name),
+                                              has_aux=True)
     num_rows = jnp.sum(batch["row_mask"], dtype=jnp.float32)
     num_observed = jnp.sum(batch["mask"], dtype=jnp.float32)
     loss_sum, count, extra, num_rows, num_observed = psum_if(

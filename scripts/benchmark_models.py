@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from autorec_jax import config as config_lib, multi, placement, reporting  # noqa: E402
-from autorec_jax.experiment import run_epoch, setup  # noqa: E402
+from autorec_jax import config as config_lib  # noqa: E402
+from autorec_jax.run import multi, reporting
+from autorec_jax.distributed import placement
+from autorec_jax.run.experiment import run_epoch, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ folds of one seeded partition). Every train.py config flag applies to every spli
 split is a run folder under --out; results.csv, results.json and report.md sit beside them.
 Run it again with the same flags to finish an interrupted protocol (finished splits are
 skipped); another config in the same --out is refused. Splits whose shapes agree train
-together in one compiled step (autorec_jax.multi), unless --one-at-a-time. Exits 2 on a
+together in one compiled step (autorec_jax.run.multi), unless --one-at-a-time. Exits 2 on a
 bad flag or plan, 1 on bad data or a failed run.
 """
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import autorec_jax as ar
-from autorec_jax import multi
-from autorec_jax.experiment import train_and_evaluate
+from autorec_jax.run import multi
+from autorec_jax.run.experiment import train_and_evaluate
 from synthetic import random_ratings
 
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")

@@ -6,8 +6,9 @@ A per-device function takes its arguments positionally plus `axis_name=` (None u
 the caller shards them with `shard` or `shard_rows`). Every collective is a psum of sums and
 counts, so results are replicated and come back with the same structure as under jit
 (`out_axes=None`). An output that differs per device must be declared with `out_axes=0` (it
-then comes back [D, ...]; `unshard_rows` merges it); one declared replicated that is not is
-refused when the function is first compiled, never returned as device 0's share.
+then comes back [D, ...]; `unshard_rows` merges it); under sharded, one declared replicated
+that is not is refused when the function is traced, never returned as device 0's share
+(pmap cannot tell: see below).
 
 Modes:
   jit      one device, `axis_name=None`: every psum is the identity.
@@ -15,11 +16,13 @@ Modes:
            it in maintenance mode), axis "devices".
   sharded  `jax.jit(jax.shard_map(...))` over a Mesh of two axes, ("data", "model"):
            - "data" (D devices) splits the rows of a batch, as pmap does. The shard_map is
-             MANUAL over "data" with `check_vma=False`, so the per-device step is literally
-             the pmap one: its explicit psums of sums, counts and (once) gradients are the
-             only data-axis reductions. (With check_vma=True, autodiff would already psum the
-             gradients of replicated params and the step's own psum would count them D
-             times: JAX_NOTES 2.3.)
+             MANUAL over "data" with `check_vma=True`: JAX types every value as varying
+             over "data" or not, so an output declared replicated (out_axes None) that
+             varies is refused while tracing (`_per_device`), by the type, not by a run.
+             Autodiff under check_vma psums the gradients of replicated (invariant)
+             params itself; `compute_grads` marks the params varying first (`pvary_if`),
+             so the step's own explicit psum stays the one data-axis reduction of the
+             gradients, as under pmap (JAX_NOTES 2.3: otherwise they count D times).
            - "model" (M devices, default 1) shards the row width N: every train-state leaf
              with an axis of size N (V [N, H], W [H, N], b [N] and their Adam moments) is
              placed split along it. The shard_map is AUTOMATIC (GSPMD) over "model"
@@ -38,6 +41,19 @@ Modes:
            only for this process's devices.
   auto     sharded when more than one device is visible (the ecosystem's path, and faster
            than pmap on fake CPU devices), jit otherwise.
+
+What pmap shares with sharded: the per-device function and its `axis_name` convention, the
+in_axes/out_axes meaning (split [D, ...] arguments lose their device axis: pmap squeezes it,
+`_per_device` drops shard_map's size-1 block), the host layouts (`shard`, `shard_rows`,
+`unshard_rows`) and the replicated results. jax.pmap is itself built as jit over a
+shard_map (jax/_src/pmap.py, jax 0.10), but with `check_vma=False` and no way to turn it on,
+so pmap cannot see which values vary: an output declared replicated that varies comes back
+as device 0's share there. Write and check a per-device function under sharded (the
+default on several devices), which refuses it.
+
+Every mode compiles with plain `jax.jit` (or `jax.pmap`): the compiled calls compose with
+`jax.vmap`, `lax.scan` and a caller's own `jax.jit`, and jit's own cache handles new shapes.
+`CompileClock` measures their compile time from JAX's monitoring events.
 """
 
 from __future__ import annotations
@@ -47,14 +63,15 @@ import functools
 import logging
 import math
 import os
-import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from autorec_jax.data.batching import PAD_ROW
+from autorec_jax.collectives import varying_axes
 from autorec_jax.errors import ConfigError
 
 AXIS = "devices"          # pmap's axis
@@ -219,6 +236,18 @@ class Parallel:
 
         return jax.tree.map(split, tree)
 
+    def split_rows(self, tree: PyTree) -> PyTree:
+        """`shard_rows` as traced code, for use inside jit: on the device, no host copy."""
+        if self.mode == "jit":
+            return tree
+
+        def split(x):
+            per_device = self.rows_per_device(x.shape[0])
+            pad = [(0, per_device * self.data_size - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+            return jnp.pad(x, pad).reshape((self.data_size, per_device) + x.shape[1:])
+
+        return jax.tree.map(split, tree)
+
     def unshard_rows(self, tree: PyTree, num_rows: int) -> PyTree:
         """Inverse of `shard_rows` for per-device outputs: [D, b, ...] -> [num_rows, ...]."""
         if self.mode == "jit":
@@ -267,16 +296,37 @@ class Parallel:
 
         sharded with a model axis: given `row_width` (N), each leaf with an axis of size N
         is split along it over "model" (a train state's V, W, b and optimiser moments).
+        Leaves already placed so go through untouched; other device arrays move device to
+        device; host values (and, across processes, one device's arrays) are built shard
+        by shard from the host copy.
         """
+        shardings = self.shardings(tree, row_width)
+        return jax.tree.map(self._put, tree, shardings)
+
+    def build(self, create: Callable[..., PyTree], *args, row_width: int | None = None
+              ) -> PyTree:
+        """`create(*args)` (e.g. a fresh train state) computed under jit straight into the
+        layout of `replicate`: each device only ever holds its own shard."""
+        abstract = jax.eval_shape(create, *args)
+        # Leaves only: static fields (a train state's apply_fn, tx) differ between two calls
+        # of `create`, and jit's out_shardings must match the output's structure exactly.
+        leaves = jax.jit(lambda *a: jax.tree.leaves(create(*a)),
+                         out_shardings=jax.tree.leaves(self.shardings(abstract, row_width)))(
+            *self.replicate(args))  # replicated: across processes jit takes global arrays
+        return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+
+    def shardings(self, tree: PyTree, row_width: int | None = None) -> PyTree:
+        """The `NamedSharding` of each leaf of `tree` (arrays or shapes) in this layout."""
         if self.mode != "sharded":
-            return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+            return jax.tree.map(lambda _: NamedSharding(self.mesh, PartitionSpec()), tree)
         if row_width is not None and row_width % self.model:
             divisors = [m for m in range(1, self.num_devices + 1)
                         if row_width % m == 0 and self.num_devices % m == 0]
             raise ConfigError(f"train.model_parallel {self.model} does not divide the row "
                               f"width N={row_width} (JAX shards arrays evenly only); "
                               f"choose one of {divisors}")
-        return jax.tree.map(lambda x: self._put(x, self._state_spec(x, row_width)), tree)
+        return jax.tree.map(
+            lambda x: NamedSharding(self.mesh, self._state_spec(x, row_width)), tree)
 
     def _state_spec(self, x, row_width: int | None) -> PartitionSpec:
         shape = np.shape(x)
@@ -285,92 +335,92 @@ class Parallel:
         return PartitionSpec(*(MODEL_AXIS if i == shape.index(row_width) else None
                                for i in range(len(shape))))
 
-    def _put(self, x, spec: PartitionSpec):
-        """`x` (host, one device, or global) as a global array of sharding `spec`."""
-        sharding = NamedSharding(self.mesh, spec)
+    def _put(self, x, sharding: NamedSharding):
+        """`x` (host, one device, or global) as a global array of `sharding`."""
         if isinstance(x, jax.Array):
             if x.sharding.is_equivalent_to(sharding, x.ndim):
                 return x
+            if not x.is_fully_addressable or sharding.is_fully_addressable:
+                return jax.device_put(x, sharding)     # device to device
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                return jax.random.wrap_key_data(self._put(jax.random.key_data(x), spec),
-                                                impl=jax.random.key_impl(x))
-            if not x.is_fully_addressable:
-                return jax.device_put(x, sharding)
+                return jax.random.wrap_key_data(
+                    self._put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+        # Across processes a local array cannot be device_put to a global sharding (JAX_NOTES
+        # 6): every process builds its own devices' shards from the host copy.
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
     def compile(self, fn: Callable, *, in_axes: tuple, out_axes: PyTree = None,
-                donate_argnums: tuple[int, ...] = ()) -> "CompiledOnFirstUse":
-        """Wraps the per-device `fn(*args, axis_name=...)` for this mode.
+                donate_argnums: tuple[int, ...] = ()) -> Callable:
+        """Wraps the per-device `fn(*args, axis_name=...)` for this mode: a plain `jax.jit`
+        (sharded: of a `jax.shard_map`) or `jax.pmap` function, traced and compiled by JAX on
+        each new argument signature, which composes with vmap, scan and jit.
 
         Args:
-          in_axes: one entry per positional argument: 0 if it is split across devices, else
-            None.
+          in_axes: one entry per positional argument: 0 if it is split across devices (its
+            leading axis is the device axis, see `shard`), else None.
           out_axes: a prefix of the output tree: None where replicated (psummed), 0 where
             each device returns its own share.
           donate_argnums: arguments whose buffers the call may reuse (never reuse them).
+
+        Raises (sharded, when traced):
+          ConfigError: an output declared replicated varies across the data devices.
         """
         if self.mode == "jit":
-            return CompiledOnFirstUse(jax.jit(functools.partial(fn, axis_name=None),
-                                              donate_argnums=donate_argnums))
-        check = functools.partial(self._check_replication, fn, in_axes, out_axes)
+            return jax.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums)
         if self.mode == "pmap":
-            wrapped = jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS,
-                               in_axes=in_axes, out_axes=out_axes,
-                               donate_argnums=donate_argnums, devices=self.devices)
-            return CompiledOnFirstUse(wrapped, check)
+            return jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS,
+                            in_axes=in_axes, out_axes=out_axes,
+                            donate_argnums=donate_argnums, devices=self.devices)
 
         def spec(axis):
             return PartitionSpec() if axis is None else PartitionSpec(DATA_AXIS)
 
-        mapped = jax.shard_map(
+        mapped = jax.jit(jax.shard_map(
             _per_device(fn, in_axes, out_axes, DATA_AXIS), mesh=self.mesh,
             in_specs=tuple(spec(a) for a in in_axes),
             out_specs=jax.tree.map(spec, out_axes, is_leaf=lambda x: x is None),
-            axis_names={DATA_AXIS}, check_vma=False)
+            axis_names={DATA_AXIS}, check_vma=True), donate_argnums=donate_argnums)
 
-        def place(*args):
+        def place(args):
+            """Host arguments onto the mesh (several processes: each builds its shards)."""
             return tuple(arg if axis is None and _placed(arg) else jax.tree.map(
-                lambda x: self._put(x, spec(axis)), arg) for arg, axis in zip(args, in_axes))
+                lambda x: self._put(x, NamedSharding(self.mesh, spec(axis))), arg)
+                for arg, axis in zip(args, in_axes))
 
-        return CompiledOnFirstUse(jax.jit(mapped, donate_argnums=donate_argnums), check,
-                                  place)
+        @functools.wraps(fn)
+        def call(*args):
+            # Under a caller's trace (vmap, scan, jit) the arguments are tracers: no placing.
+            if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+                return mapped(*args)
+            return mapped(*place(args))
 
-    def _check_replication(self, fn, in_axes, out_axes, *args) -> None:
-        """Traces `fn` under shard_map's replication checker (no execution)."""
-        axis = self.axis_name
-        devices = np.array(self.devices).reshape(self.data_size, self.model)[:, 0]
-        mesh = Mesh(devices, (axis,))
-
-        def spec(a):
-            return PartitionSpec() if a is None else PartitionSpec(axis)
-
-        out_specs = jax.tree.map(spec, out_axes, is_leaf=lambda x: x is None)
-        checked = jax.shard_map(_per_device(fn, in_axes, out_axes, axis), mesh=mesh,
-                                in_specs=tuple(spec(a) for a in in_axes),
-                                out_specs=out_specs, check_vma=True)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
-                                if hasattr(x, "dtype") else x, args)
-        try:
-            jax.eval_shape(checked, *abstract)
-        except ValueError as err:
-            if "out_specs" not in str(err):
-                raise
-            text = " ".join(str(err).split())
-            detail = text[text.find("out_specs"):][:300]
-            raise ConfigError(
-                f"{getattr(fn, '__name__', fn)}: an output declared replicated (out_axes "
-                "None) differs across devices; declare it per device with out_axes=0 or "
-                f"psum it. JAX says: {detail}") from None
+        call.lower = lambda *args: mapped.lower(*place(args))
+        return call
 
 
 def _per_device(fn, in_axes, out_axes, axis_name):
     """`fn` on one device's share: drops the leading device axis of split arguments (shard_map
-    keeps it, size 1) and restores it on per-device outputs."""
+    keeps it, size 1) and restores it on per-device outputs. An output declared replicated
+    that JAX types as varying over `axis_name` is refused here, naming it."""
     def per_device(*args):
         args = [a if ax is None else jax.tree.map(lambda x: x[0], a)
                 for a, ax in zip(args, in_axes)]
         out = fn(*args, axis_name=axis_name)
+        varying = []
+
+        def find(prefix, ax, sub):
+            if ax is None:
+                varying.extend(jax.tree_util.keystr(prefix + path) or "the output"
+                               for path, x in jax.tree_util.tree_leaves_with_path(sub)
+                               if axis_name in varying_axes(x))
+
+        jax.tree_util.tree_map_with_path(find, out_axes, out, is_leaf=lambda x: x is None)
+        if varying:
+            raise ConfigError(
+                f"{getattr(fn, '__name__', 'the function')}: output {', '.join(varying)} "
+                f"declared replicated (out_axes None) varies across the {axis_name!r} "
+                "devices; declare it per device with out_axes=0, or psum it")
         return jax.tree.map(lambda ax, sub: sub if ax is None else jax.tree.map(
             lambda x: x[None], sub), out_axes, out, is_leaf=lambda x: x is None)
     return per_device
@@ -409,36 +459,41 @@ def fetch(tree: PyTree) -> PyTree:
     return jax.tree.map(to_host, tree)
 
 
-class CompiledOnFirstUse:
-    """A jit- or pmap-wrapped function, compiled ahead of its first call for each argument
-    signature (shapes, dtypes and shardings), so that any epoch length works and nothing is
-    compiled that is not used. `compile_seconds` adds up the time spent compiling."""
-
-    def __init__(self, wrapped: Callable, check: Callable | None = None,
-                 place: Callable | None = None):
-        self._wrapped = wrapped
-        self._check = check
-        self._place = place
-        self._executables: dict = {}
-        self.compile_seconds = 0.0
-
-    def __call__(self, *args):
-        if self._place is not None:
-            args = self._place(*args)
-        key = _signature(args)
-        executable = self._executables.get(key)
-        if executable is None:
-            start = time.perf_counter()
-            if self._check is not None:
-                self._check(*args)
-            executable = self._wrapped.lower(*args).compile()
-            self._executables[key] = executable
-            self.compile_seconds += time.perf_counter() - start
-        return executable(*args)
+# JAX's monitoring events of one compilation: tracing to a jaxpr, lowering to MLIR, and XLA's
+# compile (jax/_src/dispatch.py; the same names in jax 0.10 and 0.11).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
 
 
-def _signature(args) -> tuple:
-    leaves, treedef = jax.tree.flatten(args)
-    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
-                           getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
-                          for x in leaves)
+class CompileClock:
+    """Seconds this process spent tracing, lowering and compiling while the clock ran.
+
+    `with clock:` listens to JAX's compile events (`jax.monitoring` time spans) for the
+    block and removes its listener after it; `seconds` adds up the union of the spans, so
+    a trace nested in another (a jitted helper inside a step) counts once. A call that
+    hits jit's cache adds nothing.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._spans: list[tuple[float, float]] | None = None
+
+    def _listen(self, event: str, start: float, end: float, **_) -> None:
+        if event in COMPILE_EVENTS:
+            self._spans.append((start, end))
+
+    def __enter__(self) -> "CompileClock":
+        if self._spans is not None:
+            raise RuntimeError("CompileClock is already running")
+        self._spans = []
+        jax.monitoring.register_event_time_span_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_time_span_listener(self._listen)
+        spans, self._spans = sorted(self._spans), None
+        end = -np.inf
+        for start, stop in spans:          # the union of the spans
+            self.seconds += max(0.0, stop - max(start, end))
+            end = max(end, stop)

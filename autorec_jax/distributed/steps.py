@@ -18,13 +18,15 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
                     donate: bool = True) -> Callable:
     """A compiled `train_step` for the caller's own loop on the caller's own dense batches.
 
-    Returns `step_fn(state, batch, rng) -> (state, metrics)`: `batch` holds "ratings" float32
-    [B, N] and optionally "mask", "row_mask", "weights" and other [B, ...] fields (see
-    `compute_grads`); under pmap or sharded the function splits its rows over the devices
-    itself (padding with no-op rows), so the loop never branches on the mode. Place the
-    state once with `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width;
-    with a model axis it splits the N-sized axes). With `donate`, the old state is deleted
-    by each call: never reuse it.
+    Returns `step_fn(state, batch, rng) -> (state, metrics)`, a `jax.jit` function (it
+    composes with vmap, scan and jit): `batch` holds "ratings" float32 [B, N] and optionally
+    "mask", "row_mask", "weights" and other [B, ...] fields (see `compute_grads`), on the
+    host or on a device; under pmap or sharded the compiled function fills in and splits
+    its rows over the devices itself (padding with no-op rows), on the device, so the loop
+    never branches on the mode. Place the state once with
+    `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width; with a model axis
+    it splits the N-sized axes). With `donate`, the old state is deleted by each call: never
+    reuse it.
     """
     parallel = Parallel.create(parallel, config.train.model_parallel)
     compiled = parallel.compile(
@@ -32,8 +34,9 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
                           grad_transform=grad_transform),
         in_axes=(None, 0, None), donate_argnums=(0,) if donate else ())
 
-    def step_fn(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        return compiled(state, parallel.shard_rows(complete_batch(batch)), rng)
+    def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        return compiled(state, parallel.split_rows(complete_batch(batch)), rng)
 
+    step_fn = jax.jit(step, donate_argnums=(0,) if donate else ())
     step_fn.parallel = parallel
     return step_fn

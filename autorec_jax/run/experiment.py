@@ -26,7 +26,8 @@ from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import eval_blocks, summarize
 from autorec_jax.losses import LossFn
-from autorec_jax.distributed.parallel import CompiledOnFirstUse, Parallel, fetch, from_primary, is_primary
+from autorec_jax.distributed.parallel import (CompileClock, Parallel, fetch, from_primary,
+                                              is_primary)
 from autorec_jax.train import GradTransform, TrainState, create_train_state, train_epoch
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ class Experiment:
     """Everything a run sets up before its first epoch: data on the device, compiled calls.
 
     `train_epoch_fn(state, train_data, sharded index [S, B], step_rng)` runs an epoch of any
-    S steps (compiled on first use of each S) and donates the state. `eval_fn(params,
+    S steps (jit compiles on first use of each S) and donates the state. `eval_fn(params,
     EvalData, eval_index)` gives per-block sums for each held-out set in `placed.heldout`
-    ("test", and "valid" when the split carves one out).
+    ("test", and "valid" when the split carves one out). Both are plain `jax.jit` (or
+    `jax.pmap`) functions: they compose with vmap, scan and jit. `compile_clock` adds up
+    the compile time of the calls `run_epoch` and `evaluate` make.
     """
 
     config: Config
@@ -54,8 +57,9 @@ class Experiment:
     placed: placement.Placed       # the rows on the devices, evaluation blocks
     step_rng: jax.Array
     shuffle_seed: np.ndarray
-    train_epoch_fn: CompiledOnFirstUse
-    eval_fn: CompiledOnFirstUse
+    train_epoch_fn: Callable
+    eval_fn: Callable
+    compile_clock: CompileClock = dataclasses.field(default_factory=CompileClock)
 
     @property
     def train(self) -> Ratings | None:
@@ -72,7 +76,8 @@ class Experiment:
 
     @property
     def compile_seconds(self) -> float:
-        return self.train_epoch_fn.compile_seconds + self.eval_fn.compile_seconds
+        """Seconds spent tracing, lowering and compiling in `run_epoch` and `evaluate`."""
+        return self.compile_clock.seconds
 
 
 def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
@@ -105,9 +110,10 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     batch_size = placement.rows_per_step(config, data)
     steps = placement.steps_per_epoch(config, data, batch_size)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = parallel.replicate(create_train_state(config, data.num_cols, init_rng,
-                                                  optimizer=optimizer),
-                               row_width=data.num_cols)
+    # Built under jit straight into its layout: each device holds only its shard.
+    state = parallel.build(lambda rng: create_train_state(config, data.num_cols, rng,
+                                                          optimizer=optimizer),
+                           init_rng, row_width=data.num_cols)
     placed = placement.place(data, parallel, config.train.eval_batch_size)
     data_axis = None if placed.layout == "replicated" else 0
     repeats = 2 if config.train.last_batch == "rollover" else 1
@@ -141,8 +147,9 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
     parallel = experiment.parallel
     data, index = placement.epoch_data(experiment.placed, experiment.data, parallel,
                                        parallel.shard(batches_SxB))
-    state, metrics = experiment.train_epoch_fn(state, data, index, experiment.step_rng)
-    return state, fetch(metrics)
+    with experiment.compile_clock:
+        state, metrics = experiment.train_epoch_fn(state, data, index, experiment.step_rng)
+        return state, fetch(metrics)
 
 
 def evaluate(experiment: Experiment, params: PyTree, names=None
@@ -150,12 +157,15 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
     """RMSE, MAE and count of any `params` on held-out sets: {"test": {...}, ...}.
 
     `names` picks the sets ("valid", "test"); None: every set the split has. `params` may
-    sit anywhere (`load_run` gives them on one device): they are replicated first.
+    sit anywhere (`load_run` gives them on one device): params in the train state's layout
+    (replicated, or split over the model axis) go straight in, others are placed in it,
+    device to device.
     """
-    params = experiment.parallel.replicate(params)
+    params = experiment.parallel.replicate(params, row_width=experiment.row_width)
     placed = experiment.placed
-    return {name: summarize(fetch(experiment.eval_fn(params, data, placed.eval_index)))
-            for name, data in placed.heldout.items() if names is None or name in names}
+    with experiment.compile_clock:
+        return {name: summarize(fetch(experiment.eval_fn(params, data, placed.eval_index)))
+                for name, data in placed.heldout.items() if names is None or name in names}
 
 
 @dataclasses.dataclass

@@ -41,16 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from autorec_jax import checkpoint, placement, policies, reporting, run_folder
+from autorec_jax.run import checkpoint, policies, reporting, run_folder
+from autorec_jax.distributed import placement
 from autorec_jax.config import Config, flatten, replace, to_dict
 from autorec_jax.data import batching
 from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import EvalData, eval_blocks, summarize
-from autorec_jax.experiment import _finish, setup
+from autorec_jax.run.experiment import _finish, setup
 from autorec_jax.model import DropoutRate, create_model, init_params
 from autorec_jax.optim import create_optimizer
-from autorec_jax.parallel import Parallel, fetch, is_primary
-from autorec_jax.rows import take_rows, to_device_rows
+from autorec_jax.distributed.parallel import Parallel, fetch, is_primary
+from autorec_jax.rows import to_device_rows
+from autorec_jax.distributed.placement import take_rows
 from autorec_jax.train import TrainState, resolve_optimizer, train_epoch
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from autorec_jax import config as config_lib, multi
+from autorec_jax import config as config_lib
+from autorec_jax.run import multi
 from autorec_jax.config import Config
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import ConfigError, TrainingDivergedError
