@@ -24,7 +24,7 @@ from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed
 from autorec_jax.model import create_model, init_params
 from autorec_jax.optim import create_optimizer
 from autorec_jax.parallel import Parallel, axis_index_if, psum_if
-from autorec_jax.rows import DeviceRows, densify_fields
+from autorec_jax.rows import DeviceRows, gather_entries, scatter_entries
 
 PyTree = Any
 GradTransform = Callable[..., PyTree]
@@ -168,7 +168,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       grad_transform: `grad_transform(grads, *, params, rng) -> grads`, applied to the
         globally summed gradients before the optimiser; its rng is the same on every device.
       with_norms: compute global and per-layer grad/update/param norms (zeros otherwise);
-        may be traced, so an epoch pays for the norms only on the steps it reports.
+        a Python bool (no norms compiled in when False) or a traced bool (a lax.cond).
 
     Returns:
       (new state, metrics of scalars already reduced over devices).
@@ -183,10 +183,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     # 4. Update; weight decay is part of the optimiser, applied once after the reduction.
     new_state, updates = apply_grads(state, grads)
     # 5. Metrics: reduced scalars and norms.
-    norms = jax.lax.cond(
-        with_norms, lambda: norm_metrics(grads, updates, new_state.params),
-        lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(
-            norm_metrics, grads, updates, new_state.params)))
+
+    def no_norms():
+        return jax.tree.map(jnp.zeros_like, jax.eval_shape(norm_metrics, grads, updates,
+                                                           new_state.params))
+    if isinstance(with_norms, bool):
+        # Static: a step without norms does not keep its updates for them (Adam's update then
+        # fuses into the parameter update; a cond would hold the updates as its operand).
+        norms = norm_metrics(grads, updates, new_state.params) if with_norms else no_norms()
+    else:
+        norms = jax.lax.cond(with_norms, lambda: norm_metrics(grads, updates, new_state.params),
+                             no_norms)
     return new_state, {**metrics, **norms}
 
 
@@ -195,6 +202,11 @@ def train_epoch(state: TrainState, rows: DeviceRows, index_SxB: jax.Array, rng: 
                 loss_fn: LossFn | None = None, grad_transform: GradTransform | None = None
                 ) -> tuple[TrainState, dict]:
     """S steps in one compiled call: each densifies its rows on the device and trains.
+
+    The same steps as S calls of `train_step` (the norms only on the last), scheduled for
+    speed: the entries of step s + 1's rows are gathered while step s trains (they do not
+    depend on it, so the gathering runs beside its matmuls), and the last step, the one that
+    reports norms, runs after the scan, so no other step keeps its updates for them.
 
     Args:
       rows: the training rows; their extra per-entry `fields` become batch fields.
@@ -205,17 +217,31 @@ def train_epoch(state: TrainState, rows: DeviceRows, index_SxB: jax.Array, rng: 
       (state after S steps, metrics stacked along a leading [S] axis; the norms are those
       of the last step, and zero before it).
     """
-    num_steps = index_SxB.shape[0]
+    def gather(index_B):
+        return gather_entries(rows, index_B, max_nnz), index_B
 
-    def body(state, step_and_index):
-        step, index_B = step_and_index
-        batch = densify_fields(rows, index_B, max_nnz)
+    def step(state, entries, with_norms):
+        (flat, values), index_B = entries
+        batch = scatter_entries(flat, values, index_B.shape[0], rows.num_cols)
         batch.update(mask=observed_mask(batch["ratings"]), row_mask=index_B >= 0)
         return train_step(state, batch, rng, config=config, axis_name=axis_name,
                           loss_fn=loss_fn, grad_transform=grad_transform,
-                          with_norms=step == num_steps - 1)
+                          with_norms=with_norms)
 
-    return jax.lax.scan(body, state, (jnp.arange(num_steps), index_SxB))
+    def body(carry, next_index_B):
+        state, entries = carry
+        next_entries = gather(next_index_B)
+        state, metrics = step(state, entries, False)
+        return (state, next_entries), metrics
+
+    if index_SxB.shape[0] == 0:
+        padding = jnp.full(index_SxB.shape[1:], -1, jnp.int32)
+        shapes = jax.eval_shape(lambda: step(state, gather(padding), True)[1])
+        return state, jax.tree.map(lambda s: jnp.zeros((0, *s.shape), s.dtype), shapes)
+    (state, entries), metrics = jax.lax.scan(body, (state, gather(index_SxB[0])),
+                                             index_SxB[1:])
+    state, last = step(state, entries, True)
+    return state, jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), metrics, last)
 
 
 def complete_batch(batch: dict) -> dict:
