@@ -75,6 +75,19 @@ def densify(rows: DeviceRows, index_B: jax.Array, max_nnz: int) -> jax.Array:
 def densify_fields(rows: DeviceRows, index_B: jax.Array, max_nnz: int, *,
                    with_fields: bool = True) -> dict[str, jax.Array]:
     """{"ratings": [B, N], **fields: [B, N]} of the rows `index_B`, 0 where unobserved."""
+    flat, values = gather_entries(rows, index_B, max_nnz, with_fields=with_fields)
+    return scatter_entries(flat, values, index_B.shape[0], rows.num_cols)
+
+
+def gather_entries(rows: DeviceRows, index_B: jax.Array, max_nnz: int, *,
+                   with_fields: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The stored entries of the rows `index_B`, laid end to end: the first half of `densify`.
+
+    Returns:
+      (flat: int32 [max_nnz], each entry's position b * N + col in the [B, N] batch, B * N
+       for unused slots; {"ratings": float32 [max_nnz], **fields}: their values). An epoch
+       gathers the next step's entries while a step trains (`train.train_epoch`).
+    """
     batch, width = index_B.shape[0], rows.num_cols
     if batch * width >= np.iinfo(np.int32).max:
         raise ValueError(f"a batch of {batch} rows x {width} columns exceeds int32 indexing; "
@@ -91,6 +104,12 @@ def densify_fields(rows: DeviceRows, index_B: jax.Array, max_nnz: int, *,
     pos = jnp.minimum(jnp.arange(max_nnz, dtype=jnp.int32) + shift[slot], rows.cols.shape[0] - 1)
     flat = jnp.where(slot < batch, slot * width + rows.cols[pos], batch * width)
     arrays = {"ratings": rows.values, **(rows.fields if with_fields else {})}
-    return {name: jnp.zeros(batch * width, values.dtype).at[flat].set(
-                values[pos], mode="drop").reshape(batch, width)
-            for name, values in arrays.items()}
+    return flat, {name: values[pos] for name, values in arrays.items()}
+
+
+def scatter_entries(flat: jax.Array, values: dict[str, jax.Array], batch: int, width: int
+                    ) -> dict[str, jax.Array]:
+    """`gather_entries`' output as dense [B, N] arrays (B = batch, N = width), 0 elsewhere."""
+    return {name: jnp.zeros(batch * width, v.dtype).at[flat].set(v, mode="drop").reshape(
+                batch, width)
+            for name, v in values.items()}

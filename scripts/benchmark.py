@@ -8,7 +8,8 @@ Measures (each repeated, reported as median [min, max]):
   peak       one large float32 matmul on the same backend: the machine's practical peak
   epoch      steady-state training epoch of the recipe (compiled scan, data on the device)
              -> entries/s (the book's unit: rows x row width per second of training) and the
-             ratio of its time to the time its matmul FLOPs take at the practical peak
+             ratio of its time to the time its matmul FLOPs take at the practical peak (also
+             paired: each repeat against a peak measured just before it, same load)
   variants   the same epoch with dropout off, to show what dropout costs
   compile    ahead-of-time compilation of the train and eval calls
   eval       one evaluation pass over the training rows
@@ -17,7 +18,8 @@ Measures (each repeated, reported as median [min, max]):
              spent saving over training time
   --compare-with DIR  runs DIR's scripts/benchmark.py (another checkout, e.g. a
              `git worktree` of an older commit) and this one alternately in subprocesses, and
-             reports this/that ratios of epoch time and entries/s
+             reports this/that ratios of epoch time and entries/s, and each side's epoch /
+             its FLOPs at peak
   --scale    a table of epoch time, entries/s and peak memory for ML-100K, ML-20M-shaped and
              Netflix-shaped data (scripts/make_synthetic.py; --synthetic-dir), per parallel
              mode, dtype and orientation; each cell runs in its own process (its peak RSS,
@@ -73,24 +75,34 @@ def spread(values: list[float]) -> dict:
             "runs": values}
 
 
-def practical_peak(size: int, repeats: int) -> dict:
-    """GFLOP/s of one size^3 float32 matmul (the time per call, best of a few calls each)."""
+def peak_meter(size: int):
+    """() -> GFLOP/s of one size^3 float32 matmul (the time per call, best of 3 calls)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     matmul(a, a).block_until_ready()
-    rates = []
-    for _ in range(repeats):
+
+    def measure() -> float:
         times = []
         for _ in range(3):
             start = time.perf_counter()
             matmul(a, a).block_until_ready()
             times.append(time.perf_counter() - start)
-        rates.append(2 * size ** 3 / min(times) / 1e9)
-    return {"size": size, "gflops": spread(rates)}
+        return 2 * size ** 3 / min(times) / 1e9
+    return measure
 
 
-def epoch_timing(config, ratings, repeats: int, epochs_per_repeat: int) -> dict:
-    """Steady-state epochs of `config`, planned and run exactly as train_and_evaluate does."""
+def practical_peak(size: int, repeats: int) -> dict:
+    """GFLOP/s of one size^3 float32 matmul (the time per call, best of a few calls each)."""
+    measure = peak_meter(size)
+    return {"size": size, "gflops": spread([measure() for _ in range(repeats)])}
+
+
+def epoch_timing(config, ratings, repeats: int, epochs_per_repeat: int, peak=None) -> dict:
+    """Steady-state epochs of `config`, planned and run exactly as train_and_evaluate does.
+
+    `peak` (a `peak_meter`) is measured just before each repeat ("peak_gflops", one per
+    repeat), so that a repeat's epoch time and its peak see the same load on the machine.
+    """
     experiment, state = setup(config, ratings)
     shuffle = np.random.default_rng(experiment.shuffle_seed)
     carry = np.zeros(0, np.int32)
@@ -104,8 +116,10 @@ def epoch_timing(config, ratings, repeats: int, epochs_per_repeat: int) -> dict:
 
     for _ in range(2):  # warm-up: caches, allocator
         state, carry, _, _ = one_epoch(state, carry)
-    per_epoch, rates, step_times = [], [], []
+    per_epoch, rates, step_times, peaks = [], [], [], []
     for _ in range(repeats):
+        if peak is not None:
+            peaks.append(peak())
         start = time.perf_counter()
         steps = rows = 0
         for _ in range(epochs_per_repeat):
@@ -122,7 +136,7 @@ def epoch_timing(config, ratings, repeats: int, epochs_per_repeat: int) -> dict:
         eval_times.append(time.perf_counter() - start)
     return {"experiment": experiment, "state": state, "epoch_seconds": spread(per_epoch),
             "entries_per_sec": spread(rates), "step_seconds": spread(step_times),
-            "eval_seconds": spread(eval_times)}
+            "eval_seconds": spread(eval_times), **({"peak_gflops": peaks} if peaks else {})}
 
 
 def matmul_flops_per_step(config, row_width: int) -> int:
@@ -147,23 +161,29 @@ def checkpoint_overhead(config, ratings, repeats: int) -> dict:
 
 
 def compare_with(other: Path, repeats: int) -> dict:
-    """Alternates both checkouts' benchmarks (fresh processes); ratios this / other."""
+    """Alternates both checkouts' benchmarks (fresh processes); ratios this / other, and each
+    side's epoch / its FLOPs at peak (the median of each run's repeats)."""
     runs = {"this": [], "other": []}
     for _ in range(repeats):
         for name, repo in (("other", other), ("this", REPO)):
+            script = repo / "scripts" / "benchmark.py"
+            # An older benchmark may lack --skip-checkpoints; then it measures them too.
+            extra = ["--skip-checkpoints"] if "--skip-checkpoints" in script.read_text() else []
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "bench.json"
-                extra = ["--skip-checkpoints"] if name == "this" else []
-                subprocess.run([sys.executable, str(repo / "scripts" / "benchmark.py"),
-                                "--repeats", "3", "--skip-main-job", "--json", str(out),
-                                *extra], check=True, capture_output=True, cwd=repo)
-                runs[name].append(json.loads(out.read_text())["recipe"])
-    epoch = [a["epoch_seconds"]["median"] / b["epoch_seconds"]["median"]
+                subprocess.run([sys.executable, str(script), "--repeats", "3", "--skip-main-job",
+                                "--json", str(out), *extra], check=True, capture_output=True,
+                               cwd=repo)
+                runs[name].append(json.loads(out.read_text()))
+    epoch = [a["recipe"]["epoch_seconds"]["median"] / b["recipe"]["epoch_seconds"]["median"]
              for a, b in zip(runs["this"], runs["other"])]
-    rate = [a["entries_per_sec"]["median"] / b["entries_per_sec"]["median"]
+    rate = [a["recipe"]["entries_per_sec"]["median"] / b["recipe"]["entries_per_sec"]["median"]
             for a, b in zip(runs["this"], runs["other"])]
+    over_peak = {name: {key: spread([r[key]["median"] for r in rs])
+                        for key in ("epoch_over_peak", "epoch_over_paired_peak") if key in rs[0]}
+                 for name, rs in runs.items()}
     return {"other": str(other), "epoch_time_ratio": spread(epoch),
-            "entries_per_sec_ratio": spread(rate)}
+            "entries_per_sec_ratio": spread(rate), "epoch_over_peak": over_peak}
 
 
 def main_job_wall(repeats: int) -> dict:
@@ -429,6 +449,9 @@ def main(argv=None) -> int:
         print(f"this / {result['other']} over {args.repeats} alternating runs: epoch time "
               f"{fmt(result['epoch_time_ratio'], 1, 3)}, entries/s "
               f"{fmt(result['entries_per_sec_ratio'], 1, 3)}")
+        for name, figures in result["epoch_over_peak"].items():
+            for key, value in figures.items():
+                print(f"  {name:<5} {key.replace('_', ' ')}: {fmt(value, 1, 3)} x")
         reporting.write_json(Path(args.json), result)
         return 0
 
@@ -437,8 +460,9 @@ def main(argv=None) -> int:
     config = config_lib.replace(config_lib.d2l(), parallel="jit")
     results = {"environment": reporting.environment(), "config": config_lib.to_dict(config)}
 
-    peak = practical_peak(args.peak_size, args.repeats)
-    recipe = epoch_timing(config, ratings, args.repeats, args.epochs_per_repeat)
+    meter = peak_meter(args.peak_size)
+    peak = {"size": args.peak_size, "gflops": spread([meter() for _ in range(args.repeats)])}
+    recipe = epoch_timing(config, ratings, args.repeats, args.epochs_per_repeat, meter)
     experiment = recipe.pop("experiment")
     del recipe["state"]
     no_dropout = epoch_timing(config_lib.replace(config, dropout=0.0), ratings, args.repeats,
@@ -450,11 +474,15 @@ def main(argv=None) -> int:
     peak_rate = peak["gflops"]["median"] * 1e9
     epoch_at_peak = step_flops * steps_per_epoch / peak_rate
     ratios = [t / epoch_at_peak for t in recipe["epoch_seconds"]["runs"]]
+    # Each repeat against the peak measured just before it (same load on the machine).
+    paired = [t * g * 1e9 / (step_flops * steps_per_epoch)
+              for t, g in zip(recipe["epoch_seconds"]["runs"], recipe["peak_gflops"])]
     results.update(
         peak=peak, recipe=recipe, recipe_without_dropout=no_dropout,
         compile_seconds=experiment.compile_seconds,
         matmul_flops_per_step=step_flops, mean_steps_per_epoch=steps_per_epoch,
-        epoch_seconds_at_peak=epoch_at_peak, epoch_over_peak=spread(ratios))
+        epoch_seconds_at_peak=epoch_at_peak, epoch_over_peak=spread(ratios),
+        epoch_over_paired_peak=spread(paired))
     if not args.skip_main_job:
         results["main_job"] = main_job_wall(args.repeats)
     if not args.skip_checkpoints:
@@ -467,6 +495,7 @@ def main(argv=None) -> int:
         ("  training entries/s", f"{fmt(recipe['entries_per_sec'], 1e-6, 1)} M"),
         ("  epoch / its FLOPs at peak", f"{fmt(results['epoch_over_peak'])} x "
                                         f"(peak time {epoch_at_peak * 1e3:.2f} ms)"),
+        ("    each repeat / peak beside it", f"{fmt(results['epoch_over_paired_peak'])} x"),
         ("epoch, dropout off", f"{fmt(no_dropout['epoch_seconds'], 1e3)} ms"),
         ("  training entries/s", f"{fmt(no_dropout['entries_per_sec'], 1e-6, 1)} M"),
         ("evaluation pass", f"{fmt(recipe['eval_seconds'], 1e3)} ms"),

@@ -151,6 +151,45 @@ def run_epochs(parallel, config, rows, index_SxB, epochs=2):
     return jax.device_get(state.params), jax.device_get(all_metrics)
 
 
+@pytest.mark.parametrize("steps", [1, 4])
+def test_train_epoch_equals_its_steps_one_by_one(steps):
+    # train_epoch gathers step s + 1's entries while step s trains and runs the norm step
+    # after its scan: the same steps, keys and metrics as train_step called once per batch.
+    config = toy_config(optimizer="adam", lr=0.05, dropout=0.3, weight_decay=1e-3)
+    rows = toy_rows(seed=4)
+    rng = np.random.default_rng(5)
+    index = np.stack([rng.permutation(rows.num_rows)[:8] for _ in range(steps)]).astype(np.int32)
+    index[-1, -2:] = batching.PAD_ROW  # padding rows in the norm step
+    max_nnz = batching.max_nnz(rows.row_lengths, 8)
+    key = jax.random.key(9)
+    state = create_train_state(config, rows.num_cols, jax.random.key(0))
+    epoch = jax.jit(functools.partial(train_epoch, config=config, max_nnz=max_nnz))
+    epoch_state, epoch_metrics = epoch(state, to_device_rows(rows), jnp.asarray(index), key)
+    step = jax.jit(functools.partial(train_step, config=config), static_argnames="with_norms")
+    dense = to_dense(rows)
+    expected = []
+    for s in range(steps):
+        state, metrics = step(state, batch_of(dense, index[s]), key, with_norms=s == steps - 1)
+        expected.append(metrics)
+    expected = jax.tree.map(lambda *m: np.stack(m), *expected)
+    chex.assert_trees_all_close(epoch_state.params, state.params, atol=1e-6, rtol=1e-6)
+    chex.assert_trees_all_close(epoch_metrics, expected, atol=1e-6, rtol=1e-5)
+    assert int(epoch_state.step) == steps
+    assert np.all(epoch_metrics["grad_norm"][:-1] == 0) and epoch_metrics["grad_norm"][-1] > 0
+
+
+def test_train_epoch_of_no_steps_returns_the_state_and_empty_metrics():
+    config = toy_config()
+    rows = toy_rows()
+    state = create_train_state(config, rows.num_cols, jax.random.key(0))
+    epoch = jax.jit(functools.partial(train_epoch, config=config, max_nnz=64))
+    out, metrics = epoch(state, to_device_rows(rows), jnp.zeros((0, 8), jnp.int32),
+                         jax.random.key(1))
+    chex.assert_trees_all_equal(out.params, state.params)
+    assert int(out.step) == 0
+    assert metrics["loss"].shape == (0,) and metrics["grad_norm"].shape == (0,)
+
+
 def unbalanced_index(rows, batch_size, steps, devices, seed=0):
     index = np.stack([np.random.default_rng(seed + s).permutation(rows.num_rows)[:batch_size]
                       for s in range(steps)]).astype(np.int32)
