@@ -2,7 +2,8 @@
 persistent compilation cache for the whole test run.
 
 The cache lives in a folder of this run alone (shared by its xdist workers and the scripts
-the tests start, through JAX_COMPILATION_CACHE_DIR) and is removed when the run ends: many
+the tests start, through JAX_COMPILATION_CACHE_DIR and AUTOREC_JAX_JIT_CACHE, so no test
+writes to the user's own cache) and is removed when the run ends: many
 tests compile the same small programs, and each is compiled once per run instead of once
 per test and worker. `AUTOREC_TEST_COMPILATION_CACHE=off` turns it off.
 """
@@ -28,6 +29,7 @@ if _CACHE is not None:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ["AUTOREC_JAX_JIT_CACHE"] = str(_CACHE)   # the scripts' default folder
 
 import chex  # noqa: E402
 

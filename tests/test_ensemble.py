@@ -223,7 +223,7 @@ def test_members_on_other_splits_or_without_selection_are_refused(configs, messa
 # --- the script ----------------------------------------------------------------------------
 
 CLI = ["--preset", "tiny", "--hidden", "8", "--batch-size", "8", "--parallel", "jit",
-       "--compilation-cache", "off", "--quiet", "--epochs", "4", "--lr", "0.05"]
+       "--quiet", "--epochs", "4", "--lr", "0.05"]
 
 
 def script(*args):

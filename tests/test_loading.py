@@ -80,7 +80,7 @@ def test_train_cli_with_an_empty_test_split_exits_1_with_one_line(tmp_path):
     path.write_text("".join(f"{u},{i},3\n" for u in range(1, 5) for i in range(1, 4)))
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--ratings",
                            str(path), "--split", "ratio", "--test-ratio", "0.01",
-                           "--compilation-cache", "off", "--quiet"],
+                           "--quiet"],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "leaves no test ratings" in done.stderr

@@ -235,7 +235,7 @@ def test_format_lines():
 # --- the CLIs ------------------------------------------------------------------------------
 
 CLI = ["--preset", "tiny", "--hidden", "8", "--batch-size", "8", "--parallel", "jit",
-       "--compilation-cache", "off", "--quiet"]
+       "--quiet"]
 
 
 def script(name, *args):

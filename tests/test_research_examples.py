@@ -265,7 +265,7 @@ def test_main_ends_with_the_test_rmse_line(name, mode, ratings_file, tmp_path, c
                                            keep_log_level):
     argv = ["--preset", "tiny", "--epochs", "1", "--hidden", "4", "--seed", "1",
             "--ratings", str(ratings_file), "--parallel", mode, "--out", str(tmp_path),
-            "--compilation-cache", "off", "--quiet", *EXTRA_FLAGS.get(name, [])]
+            "--quiet", *EXTRA_FLAGS.get(name, [])]
     assert load(name).main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"test RMSE \d+\.\d{4}", lines[-1]), lines[-1]

@@ -212,15 +212,14 @@ def ratings_file(tmp_path_factory, ratings):
 
 def sweep_cli(*args):
     return [sys.executable, str(REPO / "scripts" / "sweep.py"), "--preset", "tiny",
-            "--batch-size", "8", "--parallel", "jit", "--compilation-cache", "off", *args]
+            "--batch-size", "8", "--parallel", "jit", *args]
 
 
 def test_sweep_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(tmp_path, ratings_file):
     # One split for every seed, so that the runs of a width share their compiled calls.
     args = sweep_cli("--ratings", str(ratings_file), "--grid", "hidden", "--settings",
                      "hidden=10,hidden=20", "--seeds", "0,1,2", "--split-seed", "0",
-                     "--epochs", "10", "--out", str(tmp_path / "sweep"),
-                     "--compilation-cache", str(tmp_path / "jit"))
+                     "--epochs", "10", "--out", str(tmp_path / "sweep"))
     out = tmp_path / "sweep"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

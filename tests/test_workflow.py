@@ -172,8 +172,7 @@ def train_cli(*args, **kwargs):
                           capture_output=True, text=True, **kwargs)
 
 
-CLI = ["--preset", "tiny", "--hidden", "8", "--batch-size", "8", "--parallel", "jit",
-       "--compilation-cache", "off"]
+CLI = ["--preset", "tiny", "--hidden", "8", "--batch-size", "8", "--parallel", "jit"]
 
 
 def test_train_cli_success_path(tmp_path, ratings_file):
