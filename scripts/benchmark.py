@@ -62,8 +62,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from autorec_jax import config as config_lib  # noqa: E402
-from autorec_jax.distributed import placement
-from autorec_jax.run import reporting
+from autorec_jax.distributed import placement  # noqa: E402
+from autorec_jax.run import reporting  # noqa: E402
 from autorec_jax.data import batching  # noqa: E402
 from autorec_jax.run.experiment import evaluate, run_epoch, setup  # noqa: E402
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 
 from autorec_jax import config as config_lib  # noqa: E402
-from autorec_jax.run import multi, reporting
-from autorec_jax.distributed import placement
+from autorec_jax.run import multi, reporting  # noqa: E402
+from autorec_jax.distributed import placement  # noqa: E402
 from autorec_jax.run.experiment import run_epoch, setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ if __name__ == "__main__":
     INTERRUPTS.install()
 
 from autorec_jax import config as config_lib  # noqa: E402
-from autorec_jax.run import cli, preflight
+from autorec_jax.run import cli, preflight  # noqa: E402
 from autorec_jax.data import loading, movielens, parts  # noqa: E402
 from autorec_jax.fileio import atomic_path, clean_stale_temps  # noqa: E402
 from autorec_jax.errors import AutoRecError, ConfigError  # noqa: E402

@@ -136,7 +136,8 @@ def test_tuple_flag_with_an_empty_element_exits_2_naming_the_flag(argv, capsys):
 
 
 def test_default_columns_take_an_optional_timestamp():
-    assert config_lib.d2l().data.columns is None and file_format(config_lib.d2l().data).columns is None
+    data = config_lib.d2l().data
+    assert data.columns is None and file_format(data).columns is None
     c = _parse(["--columns", "user,item,rating,-"])
     assert file_format(c.data).columns == ("user", "item", "rating", "-")
 
