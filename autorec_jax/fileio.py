@@ -12,10 +12,15 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Held while a file or folder is written into place (temp name, then rename). A thread that
+# ends the process (Ctrl-C: `run.runtime.Interrupts`) takes it first, so a write in progress
+# lands whole and none starts after. Re-entrant: a folder write holds it around its files.
+WRITE_LOCK = threading.RLock()
 
 TEMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 3600.0  # a temp entry untouched this long, whose process is gone, is stale
@@ -65,7 +70,12 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _create_temp_file(self.path.parent, self.path.name)
+        WRITE_LOCK.acquire()
+        try:
+            self.tmp = _create_temp_file(self.path.parent, self.path.name)
+        except BaseException:
+            WRITE_LOCK.release()
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -76,6 +86,7 @@ class atomic_path:
                 os.replace(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
+            WRITE_LOCK.release()
         return False
 
 

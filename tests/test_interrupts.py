@@ -150,3 +150,36 @@ def test_writing_in_sees_this_processes_temp_files_and_checkpoint_folders(tmp_pa
     assert not writing_in(tmp_path)
     (tmp_path / "checkpoints" / ".partial-3").mkdir(parents=True)
     assert writing_in(tmp_path)
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from autorec_jax.run.runtime import Interrupts
+from autorec_jax.fileio import atomic_write_bytes
+out = Path(sys.argv[1])
+Interrupts("writer", folder=out).install()
+out.mkdir(exist_ok=True)
+print("writing", flush=True)
+n = 0
+while True:  # one atomic write after another, as a loop saving its records does
+    atomic_write_bytes(out / f"f{n % 3}", bytes(200_000))
+    n += 1
+"""
+
+
+def test_ctrl_c_between_back_to_back_writes_leaves_no_temp_file(tmp_path):
+    # A write may start at any moment, also after the exit decided that none was in
+    # progress: the exit and the writes share a lock, so none starts once it is ending.
+    for trial in range(4):
+        out = tmp_path / f"out{trial}"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(REPO)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "writing\n"
+        time.sleep(0.2 + 0.05 * trial)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and stderr == "writer: interrupted\n", stderr
+        assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+        assert all(p.stat().st_size == 200_000 for p in out.iterdir())

@@ -14,6 +14,7 @@ hidden leftovers (.partial-*, .replaced-*, .deleting-*) are cleaned up by `lates
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from orbax.checkpoint import v1 as ocp
 from autorec_jax.run import reporting
 from autorec_jax.config import config_from_dict, flatten, to_dict
 from autorec_jax.errors import CheckpointError, ConfigError
+from autorec_jax.fileio import WRITE_LOCK
 
 PyTree = Any
 MANIFEST = "manifest.json"
@@ -157,6 +159,16 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
                               "(data fingerprint mismatch)")
 
 
+def _holding_write_lock(fn):
+    """Runs `fn` holding `fileio.WRITE_LOCK`: a Ctrl-C exit waits for it, none starts during."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with WRITE_LOCK:
+            return fn(*args, **kwargs)
+    return locked
+
+
+@_holding_write_lock
 def _write_folder(final: Path, name: str, tree: PyTree, texts: dict[str, str]) -> Path:
     """Orbax tree under final/name plus text files, manifest last, renamed into place."""
     if _primary():
@@ -222,6 +234,7 @@ def _complete_epochs(root: Path) -> list[int]:
                   if p.name.isdigit() and (p / MANIFEST).is_file())
 
 
+@_holding_write_lock
 def _delete(folder: Path) -> None:
     # Renamed first, so that a crash mid-deletion leaves no partial folder under its real name.
     hidden = folder.parent / f"{_DELETING}{folder.name}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from autorec_jax.errors import ConfigError
+from autorec_jax.fileio import WRITE_LOCK
 
 # Set on TPU VMs (TPU_ACCELERATOR_TYPE, e.g. v5litepod-1), by Cloud TPU tooling (TPU_NAME)
 # and on Colab's legacy TPU runtimes (COLAB_TPU_ADDR).
@@ -249,9 +250,13 @@ class Interrupts:
             return
         if not self._exit.acquire(blocking=False):
             return  # the main thread is printing its last line and status
-        while not self._main_done and writing_in(self.folder):
-            time.sleep(0.01)
-        exit_interrupted(self.prog, self.message)
+        # A write in progress (atomic file, checkpoint folder) lands first, and none starts
+        # after: the lock is held until the process ends. The poll covers writers that do
+        # not take the lock.
+        with WRITE_LOCK:
+            while not self._main_done and writing_in(self.folder):
+                time.sleep(0.01)
+            exit_interrupted(self.prog, self.message)
 
 
 def exit_interrupted(prog: str, message: str = "interrupted") -> None:
