@@ -26,7 +26,10 @@ used (so `autorec_jax.data` works without it). The public API:
   model         AutoRec (forward / encode / decode), create_model, init_params,
                 low_precision_matmul(x, kernel, dtype=bf16) (bf16 inputs, float32 products,
                 forward and backward)
-  evaluator     eval_block, eval_blocks, summarize
+  evaluator     eval_block, eval_blocks, rank_blocks (RMSE and ranking metrics, one pass),
+                summarize; evaluate(experiment, params, ranking=True)
+  ranking       topk_sums, heldout_ndcg_sums, running_topk, merge_topk, empty_topk (pure,
+                blocked: NDCG, Recall, Precision, HR, MRR @K; GLocal-K's held-out NDCG)
   cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
                 steps_per_epoch
@@ -68,7 +71,9 @@ _LAZY_MODULES = {
     "autorec_jax.studies.plots": ("plot_runs",),
     "autorec_jax.studies.protocol": ("ProtocolResult", "compare", "run_protocol", "split_plan"),
     "autorec_jax.serve.recommend": ("predict_pairs", "top_k"),
-    "autorec_jax.evaluator": ("eval_block", "eval_blocks", "summarize"),
+    "autorec_jax.evaluator": ("eval_block", "eval_blocks", "rank_blocks", "summarize"),
+    "autorec_jax.ranking": ("empty_topk", "heldout_ndcg_sums", "merge_topk", "running_topk",
+                            "topk_sums"),
     "autorec_jax.run.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch",
                                    "setup", "train_and_evaluate"),
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",

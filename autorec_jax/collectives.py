@@ -15,6 +15,23 @@ def psum_if(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
+def gather_if(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """Every device's `x` stacked, [D, ...], the same on every device ([1, ...] on one).
+
+    Built as a psum of each device's value in its own slot, so that the result is typed
+    replicated under shard_map's check_vma (`lax.all_gather`'s is typed varying).
+    """
+    if axis_name is None:
+        return x[None]
+    size = jax.lax.axis_size(axis_name)
+    kind = x.dtype
+    if kind == jax.numpy.bool_:
+        x = x.astype(jax.numpy.int32)
+    slots = jax.numpy.zeros((size,) + x.shape, x.dtype).at[jax.lax.axis_index(axis_name)].set(x)
+    out = jax.lax.psum(slots, axis_name)
+    return out.astype(kind) if kind == jax.numpy.bool_ else out
+
+
 def axis_index_if(axis_name: str | None) -> jax.Array | int:
     return 0 if axis_name is None else jax.lax.axis_index(axis_name)
 

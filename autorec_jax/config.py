@@ -44,6 +44,8 @@ SELECTIONS = ("last", "best")
 PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 MATMUL_PRECISIONS = ("highest", "high", "default")
 COLD_START_RULES = ("network", "global-mean", "user-mean", "item-mean")  # or a number
+RANKING_MODES = ("off", "final", "every")
+TOPK_METRICS = ("recall", "precision", "ndcg", "hr", "mrr")  # ranking.topk_sums' metrics
 COLD_START_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")  # "3", "3.5", "-1"
 
 
@@ -68,6 +70,12 @@ def _is_cold_start(value) -> bool:
     """A named rule of COLD_START_RULES, or a decimal number as text ("3", "3.5")."""
     return isinstance(value, str) and (value in COLD_START_RULES
                                        or COLD_START_NUMBER.fullmatch(value) is not None)
+
+
+def select_metrics(ranking_k: tuple[int, ...]) -> tuple[str, ...]:
+    """The names `train.select_metric` takes with these cut-offs."""
+    return ("valid_rmse", "valid_heldout_ndcg") + tuple(
+        f"valid_{name}@{k}" for k in ranking_k for name in (*TOPK_METRICS, "heldout_ndcg"))
 
 
 def _is_real(value) -> bool:
@@ -242,6 +250,17 @@ class TrainConfig:
                                      # JAX did not start it (else the run stops naming the fix)
     model_parallel: int = 1          # "sharded": devices on the mesh's model axis, which
                                      # splits the row width N (V, W, b, optimiser state)
+    ranking: str = "final"           # ranking metrics (autorec_jax/ranking.py) beside RMSE:
+                                     # "off", "final" (the final scores only), "every" (also
+                                     # at every evaluation while training, in metrics.jsonl)
+    ranking_k: tuple[int, ...] = (10, 20)  # the cut-offs K of the @K metrics
+    relevance_threshold: float | None = None  # full ranking: a held-out rating at or above
+                                     # it is relevant; None: min + 0.75 (max - min) of the
+                                     # training ratings (4 on a 1-5 scale, 75.25 on 1-100)
+    select_metric: str = "valid_rmse"  # what early stopping and --select best watch:
+                                     # "valid_rmse" (lower is better) or a validation ranking
+                                     # metric, e.g. "valid_ndcg@10", "valid_recall@20",
+                                     # "valid_heldout_ndcg" (higher is better)
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", "an integer >= 1",
@@ -274,6 +293,19 @@ class TrainConfig:
                self.allow_cpu)
         _check(_is_int(self.model_parallel) and self.model_parallel >= 1,
                "train.model_parallel", "an integer >= 1", self.model_parallel)
+        _check_choice(self.ranking, "train.ranking", RANKING_MODES)
+        _check(isinstance(self.ranking_k, tuple) and len(self.ranking_k) > 0
+               and all(_is_int(k) and k >= 1 for k in self.ranking_k), "train.ranking_k",
+               "a non-empty tuple of integers >= 1 (e.g. 10,20)", self.ranking_k)
+        _check(self.relevance_threshold is None or _is_real(self.relevance_threshold),
+               "train.relevance_threshold", "None or a number", self.relevance_threshold)
+        _check(self.select_metric in select_metrics(self.ranking_k), "train.select_metric",
+               "valid_rmse, valid_heldout_ndcg or valid_<metric>@<K> with <metric> one of "
+               f"{', '.join(TOPK_METRICS)} and K in train.ranking_k {self.ranking_k}",
+               self.select_metric)
+        _check(self.select_metric == "valid_rmse" or self.ranking != "off",
+               "train.select_metric", "valid_rmse while train.ranking is off (a ranking "
+               "metric is computed only with --ranking final or every)", self.select_metric)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +323,7 @@ class Config:
                "train.early_stopping", "0 unless data.valid_ratio > 0 (it watches "
                "validation RMSE; pass --valid-ratio 0.1)", self.train.early_stopping)
         _check(self.train.select == "last" or self.data.valid_ratio > 0, "train.select",
-               "'last' unless data.valid_ratio > 0 (it picks by validation RMSE; pass "
+               "'last' unless data.valid_ratio > 0 (it picks by validation; pass "
                "--valid-ratio 0.1)", self.train.select)
         _check(not self.train.retrain or self.selects_on_validation, "train.retrain",
                "false unless the run selects on validation (--select best or "

@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autorec_jax.collectives import psum_if
-from autorec_jax.rows import DeviceRows, densify, densify_fields
+from autorec_jax import ranking
+from autorec_jax.collectives import gather_if, psum_if, pvary_if
+from autorec_jax.rows import (DeviceRows, densify, densify_fields, gather_entries,
+                              scatter_entries)
 
 PyTree = Any
 
@@ -53,13 +55,25 @@ def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
     """
     inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
     heldout = densify_fields(data.targets, index_B, max_nnz_targets)
+    scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
+    return psum_if(heldout_sums(scores_BxN, heldout)[0], axis_name)
+
+
+def _scores(params, inputs_BxN, apply_fn, clip_range):
+    """The network's reconstruction of the rows (inference mode), clipped if asked."""
+    scores_BxN = apply_fn({"params": params}, inputs_BxN, train=False)
+    return scores_BxN if clip_range is None else jnp.clip(scores_BxN, *clip_range)
+
+
+def heldout_sums(scores_BxN: jax.Array, heldout: dict[str, jax.Array]
+                 ) -> tuple[dict[str, jax.Array], jax.Array]:
+    """(`eval_block`'s sums on this device, the predictions [B, N]) from the network's
+    scores and the densified held-out fields ("ratings", optionally "cold", "fallback")."""
     targets_BxN = heldout["ratings"]
-    pred_BxN = apply_fn({"params": params}, inputs_BxN, train=False)
-    if clip_range is not None:
-        pred_BxN = jnp.clip(pred_BxN, *clip_range)
     mask_BxN = targets_BxN != 0
     cold_BxN = mask_BxN & (heldout["cold"] != 0) if "cold" in heldout else jnp.zeros_like(
         mask_BxN)
+    pred_BxN = scores_BxN
     if "fallback" in heldout:
         pred_BxN = jnp.where(cold_BxN, heldout["fallback"], pred_BxN)
     err_BxN = jnp.where(mask_BxN, pred_BxN - targets_BxN, 0.0)
@@ -68,7 +82,7 @@ def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
             "count": jnp.sum(mask_BxN, dtype=jnp.float32),
             "cold_sse": jnp.sum(jnp.where(cold_BxN, sq_err_BxN, 0.0)),
             "cold_count": jnp.sum(cold_BxN, dtype=jnp.float32)}
-    return psum_if(sums, axis_name)
+    return sums, pred_BxN
 
 
 def eval_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, *,
@@ -79,18 +93,104 @@ def eval_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, *,
         index_KxB)
 
 
+def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: jax.Array, *,
+                apply_fn: Callable, max_nnz_inputs: int, max_nnz_targets: int,
+                users_are_rows: bool, num_users: int, ks: tuple[int, ...], threshold: float,
+                clip_range: tuple[float, float] | None = None,
+                axis_name: str | None = None) -> dict[str, jax.Array]:
+    """`eval_blocks`' sums and the ranking metrics' sums (`ranking`), from one inference pass.
+
+    Args:
+      index_KxB: int32 [K, B] this device's evaluation blocks (its local rows, -1 padding).
+      rows_KxB: int32 [K, B] the same rows' global indices (ties between equal scores go to
+        the lower one; with item rows that is the lower item).
+      users_are_rows: the rows are users (U-AutoRec): a user's scores are a row of the
+        reconstruction; else (I-AutoRec) a column, ranked by a running top-K over the blocks.
+      num_users: U, the users' count (the row width N for I-AutoRec).
+      ks: the cut-offs; threshold: the smallest relevant held-out rating (full ranking).
+
+    Returns:
+      the RMSE sums per block ([K] each, summed over devices) and the ranking sums
+      (`ranking.topk_sums`, `ranking.heldout_ndcg_sums`: scalars), identical on every device.
+    """
+    kmax = max(ks)
+
+    def block(carry, xs):
+        index_B, rows_B = xs
+        batch, width = index_B.shape[0], data.targets.num_cols
+        inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
+        flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
+        heldout = scatter_entries(flat_E, values, batch, width)
+        scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
+        sums, pred_BxN = heldout_sums(scores_BxN, heldout)
+        valid_E = flat_E < batch * width
+        slot_E = jnp.minimum(flat_E, batch * width - 1)
+        row_E, col_E = rows_B[slot_E // width], slot_E % width
+        entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (
+            values["ratings"], pred_BxN.reshape(-1)[slot_E], valid_E)
+        # Full ranking: candidates are the items without a training rating (real rows only).
+        candidate_BxN = (inputs_BxN == 0) & (index_B >= 0)[:, None]
+        ranked_BxN = jnp.where(candidate_BxN, scores_BxN, ranking.NEG_INF)
+        relevant_BxN = (heldout["ratings"] != 0) & (heldout["ratings"] >= threshold)
+        if users_are_rows:
+            if width < kmax:   # fewer items than K: the missing ranks are empty
+                ranked_BxN = jnp.pad(ranked_BxN, ((0, 0), (0, kmax - width)),
+                                     constant_values=ranking.NEG_INF)
+                relevant_BxN = jnp.pad(relevant_BxN, ((0, 0), (0, kmax - width)))
+            _, top_BxK = jax.lax.top_k(ranked_BxN, kmax)   # ties: the lower item first
+            block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
+                                            jnp.sum(relevant_BxN, 1), ks)
+            return carry, (sums, entries, block_ranks)
+        top, num_relevant_U = carry
+        top = ranking.running_topk(top, ranked_BxN.T, rows_B, relevant_BxN.T)
+        return (top, num_relevant_U + jnp.sum(relevant_BxN, 0, dtype=jnp.int32)), (
+            sums, entries, {})
+
+    carry = (ranking.empty_topk(num_users, kmax), jnp.zeros(num_users, jnp.int32))
+    if not users_are_rows and axis_name is not None:
+        carry = pvary_if(carry, axis_name)
+    carry, (sums_K, entries_KxE, block_ranks_K) = jax.lax.scan(block, carry,
+                                                               (index_KxB, rows_KxB))
+    # Held-out ranking: every device's entries, then one sort (a user's entries may sit on
+    # several devices when rows are items).
+    user_E, item_E, rating_E, pred_E, valid_E = (
+        gather_if(x, axis_name).reshape(-1) for x in entries_KxE)
+    ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E, num_users, ks)
+    if users_are_rows:
+        ranks.update(psum_if({k: jnp.sum(v) for k, v in block_ranks_K.items()}, axis_name))
+    else:
+        (scores_UxK, items_UxK, relevant_UxK), num_relevant_U = carry
+        merged = [jnp.moveaxis(gather_if(x, axis_name), 0, 1).reshape(num_users, -1)
+                  for x in (scores_UxK, items_UxK, relevant_UxK)]
+        relevant_UxK = ranking.merge_topk(*merged, kmax)[2]
+        ranks.update(ranking.topk_sums(relevant_UxK, psum_if(num_relevant_U, axis_name), ks))
+    return {**psum_if(sums_K, axis_name), **ranks}
+
+
 def summarize(block_sums: dict[str, Any]) -> dict[str, float]:
     """Per-block sums -> {"rmse", "mae", "count", "cold_count", "cold_rmse", "warm_rmse"},
-    accumulated in float64 on the host; an RMSE or MAE over no entries is NaN."""
+    accumulated in float64 on the host; an RMSE or MAE over no entries is NaN. With
+    `rank_blocks`' sums also the ranking metrics, each a mean over the users it covers
+    ("heldout_ndcg..." over "heldout_users", the full-ranking ones over "rank_users"; NaN
+    over none)."""
     total = {key: float(np.sum(np.asarray(value, np.float64)))
              for key, value in block_sums.items()}
     sse, count = total["sse"], total["count"]
     cold_sse, cold_count = total.get("cold_sse", 0.0), total.get("cold_count", 0.0)
-    return {"rmse": _rmse(sse, count), "mae": total["abs_err"] / count if count else _NAN,
-            "count": count, "cold_count": cold_count, "cold_rmse": _rmse(cold_sse, cold_count),
-            "warm_rmse": _rmse(max(sse - cold_sse, 0.0), count - cold_count)}
+    out = {"rmse": _rmse(sse, count), "mae": total["abs_err"] / count if count else _NAN,
+           "count": count, "cold_count": cold_count, "cold_rmse": _rmse(cold_sse, cold_count),
+           "warm_rmse": _rmse(max(sse - cold_sse, 0.0), count - cold_count)}
+    for key in RANKING_COUNTS:
+        if key in total:
+            out[key] = total[key]
+    for key, value in total.items():
+        users = total.get("heldout_users" if key.startswith("heldout_ndcg") else "rank_users")
+        if key.startswith("heldout_ndcg") or "@" in key:
+            out[key] = value / users if users else _NAN
+    return out
 
 
+RANKING_COUNTS = ("heldout_users", "rank_users")   # users each family of ranking metrics covers
 _NAN = float("nan")
 
 

@@ -141,13 +141,16 @@ def _concatenated(info, part_ids, heldout_names) -> tuple[dict, dict]:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Placed:
     """The rows on the devices: `train_data` (None for shares: built each epoch),
-    `heldout` (name -> EvalData), `eval_index` (the evaluation blocks, sharded), and for the
-    parts layout `row_offsets` (int [D]: the first global row of each data device)."""
+    `heldout` (name -> EvalData), `eval_index` (the evaluation blocks, sharded, in the
+    layout's row numbering), `eval_rows` (the same rows' global indices, which rank ties:
+    `evaluator.rank_blocks`), and for the parts layout `row_offsets` (int [D]: the first
+    global row of each data device)."""
 
     train_data: object
     heldout: dict
     eval_index: np.ndarray
     layout: str
+    eval_rows: np.ndarray
     row_offsets: np.ndarray | None = None
 
 
@@ -174,7 +177,7 @@ def place(data: HostData, parallel: Parallel, eval_batch_size: int) -> Placed:
         shared = {name: eval_share(rows, data.cold_fields[name])
                   for name, rows in data.heldout_rows.items()}
         return Placed(train_data=None, heldout={n: d for n, (d, _) in shared.items()},
-                      eval_index=shared["test"][1], layout="shares")
+                      eval_index=shared["test"][1], layout="shares", eval_rows=eval_index)
     train_data = parallel.replicate(to_device_rows(data.train_rows, fields=data.entry_fields))
     # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
     pad_to = max(rows.nnz for rows in data.heldout_rows.values())
@@ -183,7 +186,7 @@ def place(data: HostData, parallel: Parallel, eval_batch_size: int) -> Placed:
                                                                    data.cold_fields[name])))
                for name, rows in data.heldout_rows.items()}
     return Placed(train_data=train_data, heldout=heldout, eval_index=eval_index,
-                  layout="replicated")
+                  layout="replicated", eval_rows=eval_index)
 
 
 def _place_parts(data: HostData, parallel: Parallel, block_size: int) -> Placed:
@@ -209,8 +212,11 @@ def _place_parts(data: HostData, parallel: Parallel, block_size: int) -> Placed:
     blocks = batching.blocks(int(counts.max()), block_size)
     eval_index = np.stack([np.where(blocks < count, blocks, batching.PAD_ROW)
                            for count in counts])
+    # Global rows in the parts' order (data device d's rows start at offsets[d]).
+    eval_rows = np.where(eval_index >= 0, eval_index + offsets[:, None, None],
+                         batching.PAD_ROW).astype(np.int32)
     return Placed(train_data=train_data, heldout=heldout, eval_index=eval_index,
-                  layout="parts", row_offsets=offsets)
+                  layout="parts", eval_rows=eval_rows, row_offsets=offsets)
 
 
 def _with_rows(matrix: RowMatrix, num_rows: int) -> RowMatrix:

@@ -24,7 +24,7 @@ from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings
 from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
-from autorec_jax.evaluator import eval_blocks, summarize
+from autorec_jax.evaluator import eval_blocks, rank_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.distributed.parallel import (CompileClock, Parallel, fetch, from_primary,
                                               is_primary)
@@ -42,7 +42,8 @@ class Experiment:
     `train_epoch_fn(state, train_data, sharded index [S, B], step_rng)` runs an epoch of any
     S steps (jit compiles on first use of each S) and donates the state. `eval_fn(params,
     EvalData, eval_index)` gives per-block sums for each held-out set in `placed.heldout`
-    ("test", and "valid" when the split carves one out). Both are plain `jax.jit` (or
+    ("test", and "valid" when the split carves one out); `rank_fn(params, EvalData,
+    eval_index, eval_rows)` adds the ranking metrics' sums. All are plain `jax.jit` (or
     `jax.pmap`) functions: they compose with vmap, scan and jit. `compile_clock` adds up
     the compile time of the calls `run_epoch` and `evaluate` make.
     """
@@ -59,6 +60,7 @@ class Experiment:
     shuffle_seed: np.ndarray
     train_epoch_fn: Callable
     eval_fn: Callable
+    rank_fn: Callable              # `eval_fn` with the ranking metrics, from the same pass
     compile_clock: CompileClock = dataclasses.field(default_factory=CompileClock)
 
     @property
@@ -124,21 +126,39 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
                               repeats)),
         in_axes=(None, data_axis, 0, None), donate_argnums=(0,))
     eval_rows = placed.eval_index.shape[-1]
-    eval_fn = parallel.compile(
-        functools.partial(
-            eval_blocks, apply_fn=state.apply_fn,
-            max_nnz_inputs=batching.max_nnz(data.train_lengths, eval_rows),
-            max_nnz_targets=max(batching.max_nnz(lengths, eval_rows)
-                                for lengths in data.heldout_lengths.values()),
-            clip_range=data.facts.rating_range if config.train.clip_predictions else None),
-        in_axes=(None, data_axis, 0))
+    eval_kwargs = dict(
+        apply_fn=state.apply_fn,
+        max_nnz_inputs=batching.max_nnz(data.train_lengths, eval_rows),
+        max_nnz_targets=max(batching.max_nnz(lengths, eval_rows)
+                            for lengths in data.heldout_lengths.values()),
+        clip_range=data.facts.rating_range if config.train.clip_predictions else None)
+    eval_fn = parallel.compile(functools.partial(eval_blocks, **eval_kwargs),
+                               in_axes=(None, data_axis, 0))
+    rank_fn = parallel.compile(functools.partial(
+        rank_blocks, **eval_kwargs, **ranking_options(config, data.facts)),
+        in_axes=(None, data_axis, 0, 0))
     experiment = Experiment(
         config=config, parallel=parallel, steps=steps,
         batch_size=batch_size, row_width=data.num_cols, num_rows=data.num_rows,
         data=data, placed=placed, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
-        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn)
+        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn, rank_fn=rank_fn)
     return experiment, state
+
+
+def ranks_while_training(config: Config) -> bool:
+    """Whether the evaluations during training compute the ranking metrics too."""
+    return config.train.ranking == "every" or config.train.select_metric != "valid_rmse"
+
+
+def ranking_options(config: Config, facts) -> dict:
+    """`evaluator.rank_blocks`' static options for this config and split (`facts`:
+    `placement.SplitFacts`): who the users are, the cut-offs, the relevance threshold."""
+    low, high = facts.rating_range
+    threshold = config.train.relevance_threshold
+    return dict(users_are_rows=config.data.orientation == "user", num_users=facts.num_users,
+                ks=tuple(config.train.ranking_k),
+                threshold=float(low + 0.75 * (high - low) if threshold is None else threshold))
 
 
 def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
@@ -152,11 +172,12 @@ def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
         return state, fetch(metrics)
 
 
-def evaluate(experiment: Experiment, params: PyTree, names=None
+def evaluate(experiment: Experiment, params: PyTree, names=None, *, ranking: bool = False
              ) -> dict[str, dict[str, float]]:
     """RMSE, MAE and count of any `params` on held-out sets: {"test": {...}, ...}.
 
-    `names` picks the sets ("valid", "test"); None: every set the split has. `params` may
+    `names` picks the sets ("valid", "test"); None: every set the split has. `ranking`
+    adds the ranking metrics ("ndcg@10", ..., see `autorec_jax.ranking`). `params` may
     sit anywhere (`load_run` gives them on one device): params in the train state's layout
     (replicated, or split over the model axis) go straight in, others are placed in it,
     device to device.
@@ -164,7 +185,9 @@ def evaluate(experiment: Experiment, params: PyTree, names=None
     params = experiment.parallel.replicate(params, row_width=experiment.row_width)
     placed = experiment.placed
     with experiment.compile_clock:
-        return {name: summarize(fetch(experiment.eval_fn(params, data, placed.eval_index)))
+        return {name: summarize(fetch(
+                    experiment.rank_fn(params, data, placed.eval_index, placed.eval_rows)
+                    if ranking else experiment.eval_fn(params, data, placed.eval_index)))
                 for name, data in placed.heldout.items() if names is None or name in names}
 
 
@@ -272,11 +295,10 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         if epoch % config.train.eval_every == 0 or epoch == config.train.epochs or selecting:
             start = time.perf_counter()
             # While selecting on validation, the test set is scored once, at the end.
-            scores = evaluate(experiment, state.params, ("valid",) if selecting else None)
+            scores = evaluate(experiment, state.params, ("valid",) if selecting else None,
+                              ranking=ranks_while_training(config))
             for name, score in scores.items():
-                record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
-                if score["cold_count"]:
-                    record[f"{name}_cold_rmse"] = score["cold_rmse"]
+                record.update(reporting.score_fields(name, score))
             record["eval_seconds"] = time.perf_counter() - start
             try:
                 policies.check_scores(scores, epoch, scale, config.train.divergence_factor)
@@ -284,9 +306,10 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                 run_folder.write_history(run_dir, history)
                 raise
         if selecting:
+            metric = config.train.select_metric
             best_params, stop = policies.early_stopping_step(
-                loop, state.params, best_params, epoch, scores["valid"]["rmse"],
-                config.train.early_stopping)
+                loop, state.params, best_params, epoch,
+                policies.selection_value(scores, metric), config.train.early_stopping, metric)
         run_folder.write_history(run_dir, history)
         loop.update(epoch=epoch, shuffle_state=shuffle.bit_generator.state,
                     carry=carry.tolist())
@@ -305,8 +328,9 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                 f"interrupted after epoch {epoch}" + (
                     f"; continue with --resume --out {run_dir}" if run_dir else ""))
         if stop:
-            log.info("early stopping after epoch %d: no better validation RMSE for %d "
-                     "epochs; best epoch %d", epoch, loop["bad_epochs"], loop["best"]["epoch"])
+            log.info("early stopping after epoch %d: no better %s for %d epochs; best "
+                     "epoch %d", epoch, config.train.select_metric, loop["bad_epochs"],
+                     loop["best"]["epoch"])
             break
     if bar is not None:
         bar.close()
@@ -367,7 +391,8 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     scores it computed for all members at once); `extra` is added to the summary.
     """
     config = experiment.config
-    evaluate_fn = evaluate_fn or functools.partial(evaluate, experiment)
+    evaluate_fn = evaluate_fn or functools.partial(evaluate, experiment,
+                                                   ranking=config.train.ranking != "off")
     params = selected = best_params if best_params is not None else state.params
     if retrained is not None:
         scores = {**evaluate_fn(params, ("valid",)), "test": retrained.scores["test"]}
@@ -380,10 +405,15 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
         **({"valid_rmse": scores["valid"]["rmse"], "valid_mae": scores["valid"]["mae"]}
            if "valid" in scores else {}),
+        **{key: value for name in ("test", "valid") if name in scores
+           for key, value in reporting.ranking_fields(name, scores[name]).items()},
+        **({"ranking": reporting.ranking_record(config, ranking_options(config, facts))}
+           if config.train.ranking != "off" else {}),
         **coldstart.summary_fields(config.train.cold_start, scores),
         "epochs_run": loop["epoch"],
         "protocol": reporting.protocol_record(config),
-        "selection": ({"rule": "best validation RMSE" + (
+        "selection": ({"rule": "best " + reporting.selection_label(
+                           config.train.select_metric) + (
                            ", early stopping" if config.train.early_stopping else ""),
                        "patience": config.train.early_stopping,
                        "best_epoch": loop["best"]["epoch"],

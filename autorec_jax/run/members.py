@@ -25,11 +25,11 @@ from autorec_jax.data import batching
 from autorec_jax.distributed.parallel import Parallel, fetch
 from autorec_jax.distributed.placement import take_rows
 from autorec_jax.errors import ConfigError
-from autorec_jax.evaluator import EvalData, eval_blocks, summarize
+from autorec_jax.evaluator import EvalData, eval_blocks, rank_blocks, summarize
 from autorec_jax.model import DropoutRate, create_model, init_params
 from autorec_jax.optim import create_optimizer
 from autorec_jax.rows import to_device_rows
-from autorec_jax.run.experiment import setup
+from autorec_jax.run.experiment import ranking_options, setup
 from autorec_jax.train import TrainState, resolve_optimizer, train_epoch
 
 PyTree = Any
@@ -38,7 +38,7 @@ TRACED_FIELDS = ("optim.lr", "optim.weight_decay", "model.dropout")
 HOST_FIELDS = ("seed", "train.epochs", "train.early_stopping", "train.select",
                "train.retrain", "train.eval_every", "train.divergence_factor",
                "train.cold_start", "train.checkpoint_every", "train.keep_checkpoints",
-               "train.allow_cpu")
+               "train.allow_cpu", "train.select_metric")
 HOST_PREFIXES = ("data.",)
 
 
@@ -146,11 +146,13 @@ class MultiExperiment:
     train_data: Any                # stacked DeviceRows (replicated layout), else None
     heldout: dict                  # name -> stacked EvalData
     eval_index: Any
+    eval_rows: Any                 # the evaluation blocks' global rows (`placement.Placed`)
     hyper: Any                     # the traced per-member settings ({"dropout": ...})
     step_rngs: jax.Array           # [K] typed keys
     epoch_nnz: int                 # shares: entry slots of a device's epoch rows
     train_epoch_fn: Callable
     eval_fn: Callable
+    rank_fn: Callable              # `eval_fn` with the ranking metrics' sums, [K] each
 
     @property
     def size(self) -> int:
@@ -265,13 +267,15 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optim
         functools.partial(many_epochs, model=model, config=configs[0], max_nnz=max_nnz,
                           loss_fn=loss_fn, grad_transform=grad_transform),
         in_axes=(None, None, data_axis, 0, None), donate_argnums=(0,))
-    eval_fn = parallel.compile(
-        functools.partial(
-            many_evals, apply_fn=model.apply, max_nnz_inputs=in_size,
-            max_nnz_targets=target_size,
-            clip_range=first.data.facts.rating_range
-            if configs[0].train.clip_predictions else None),
-        in_axes=(None, data_axis, 0))
+    eval_kwargs = dict(apply_fn=model.apply, max_nnz_inputs=in_size,
+                       max_nnz_targets=target_size,
+                       clip_range=first.data.facts.rating_range
+                       if configs[0].train.clip_predictions else None)
+    eval_fn = parallel.compile(functools.partial(many_evals, **eval_kwargs),
+                               in_axes=(None, data_axis, 0))
+    rank_fn = parallel.compile(functools.partial(
+        many_ranks, **eval_kwargs, **ranking_options(configs[0], first.data.facts)),
+        in_axes=(None, data_axis, 0, 0))
     rngs = jax.random.wrap_key_data(jnp.stack([jax.random.key_data(
         jax.random.split(jax.random.key(c.seed), 3)[2]) for c in configs]))
     epoch_nnz = max(batching.max_nnz(e.data.train_lengths,
@@ -280,9 +284,9 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optim
     multi = MultiExperiment(
         configs=configs, experiments=experiments, parallel=parallel, steps=longest.steps,
         row_width=num_cols, layout=layout, train_data=train_data, heldout=heldout,
-        eval_index=eval_index, hyper=parallel.replicate(hyper),
+        eval_index=eval_index, eval_rows=first.placed.eval_rows, hyper=parallel.replicate(hyper),
         step_rngs=parallel.replicate(rngs), epoch_nnz=epoch_nnz,
-        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn)
+        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn, rank_fn=rank_fn)
     return multi, state
 
 
@@ -312,6 +316,14 @@ def many_evals(params_K: PyTree, data_K: EvalData, index: jax.Array, *,
                                                      **block_kwargs))(params_K, data_K)
 
 
+def many_ranks(params_K: PyTree, data_K: EvalData, index: jax.Array, rows: jax.Array, *,
+               axis_name: str | None = None, **block_kwargs) -> dict[str, jax.Array]:
+    """`evaluator.rank_blocks` of each member (vmapped)."""
+    return jax.vmap(lambda params, data: rank_blocks(params, data, index, rows,
+                                                     axis_name=axis_name, **block_kwargs)
+                    )(params_K, data_K)
+
+
 def run_epoch_many(multi: MultiExperiment, states: TrainState, batches_KxSxB: np.ndarray
                    ) -> tuple[TrainState, dict]:
     """One compiled epoch of every member over its own planned batches (int32 [K, S, B]);
@@ -330,11 +342,13 @@ def run_epoch_many(multi: MultiExperiment, states: TrainState, batches_KxSxB: np
     return states, fetch(metrics)
 
 
-def evaluate_many(multi: MultiExperiment, params_K: PyTree, names=None
-                  ) -> list[dict[str, dict[str, float]]]:
-    """Each member's `evaluate` scores ({"test": {"rmse", ...}, ...}) of stacked params."""
+def evaluate_many(multi: MultiExperiment, params_K: PyTree, names=None, *,
+                  ranking: bool = False) -> list[dict[str, dict[str, float]]]:
+    """Each member's `evaluate` scores ({"test": {"rmse", ...}, ...}) of stacked params;
+    `ranking` adds the ranking metrics."""
     params_K = multi.parallel.replicate(params_K)
-    sums = {name: fetch(multi.eval_fn(params_K, data, multi.eval_index))
+    sums = {name: fetch(multi.rank_fn(params_K, data, multi.eval_index, multi.eval_rows)
+                        if ranking else multi.eval_fn(params_K, data, multi.eval_index))
             for name, data in multi.heldout.items() if names is None or name in names}
     return [{name: summarize({key: values[k] for key, values in block.items()})
              for name, block in sums.items()} for k in range(multi.size)]

@@ -42,7 +42,7 @@ from autorec_jax.distributed import placement
 from autorec_jax.distributed.parallel import is_primary
 from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 from autorec_jax.run import checkpoint, policies, reporting, run_folder
-from autorec_jax.run.experiment import _finish
+from autorec_jax.run.experiment import _finish, ranks_while_training
 # The members' checks and their setup (re-exported: `multi.group_members`, ...).
 from autorec_jax.run.members import (MembersDiffer, MultiExperiment, check_members,  # noqa: F401
                                      evaluate_many, group_members, member, run_epoch_many,
@@ -146,7 +146,9 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
             start = time.perf_counter()
             every = evaluate_many(multi, states.params,
                                   ("valid",) if all(configs[k].selects_on_validation
-                                                    for k in scoring) else None)
+                                                    for k in scoring) else None,
+                                  ranking=any(ranks_while_training(configs[k])
+                                              for k in scoring))
             eval_seconds = time.perf_counter() - start
             for k in scoring:
                 config, record = configs[k], histories[k][-1]
@@ -154,9 +156,7 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
                 scores[k] = {n: s for n, s in every[k].items()
                              if n == "valid" or not config.selects_on_validation}
                 for name, score in scores[k].items():
-                    record.update({f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]})
-                    if score["cold_count"]:
-                        record[f"{name}_cold_rmse"] = score["cold_rmse"]
+                    record.update(reporting.score_fields(name, score))
                 record["eval_seconds"] = eval_seconds
                 try:
                     policies.check_scores(scores[k], epoch, exps[k].data.facts.rating_range,
@@ -165,9 +165,11 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
                     _diverged(k, err, errors, run_dirs, histories, diverged)
                     continue
                 if config.selects_on_validation:
+                    metric = config.train.select_metric
                     best[k], stop = policies.early_stopping_step(
                         loops[k], member(states.params, k), best[k], epoch,
-                        scores[k]["valid"]["rmse"], config.train.early_stopping)
+                        policies.selection_value(scores[k], metric),
+                        config.train.early_stopping, metric)
                     if stop:
                         stops.add(k)
         for k in active:
@@ -217,7 +219,8 @@ def _finish_members(multi, final, best, loops, histories, scores, errors, run_di
     chosen = [best[k] if best[k] is not None else final[k].params
               for k in (k if errors[k] is None else ok[0] for k in range(K))] if ok else []
     final_scores = evaluate_many(multi, jax.tree.map(
-        lambda *xs: jnp.stack(xs), *chosen)) if ok else []
+        lambda *xs: jnp.stack(xs), *chosen), ranking=configs[0].train.ranking != "off"
+    ) if ok else []
     retrain = [k for k in ok if configs[k].train.retrain]
     retrained = {}
     if retrain:

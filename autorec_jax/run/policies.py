@@ -36,17 +36,25 @@ class CheckpointCadence:
         self.total_seconds += self.last_seconds
 
 
-def early_stopping_step(loop, params, best_params, epoch, valid_rmse, patience):
+def early_stopping_step(loop, params, best_params, epoch, value, patience,
+                        metric="valid_rmse"):
     """Keeps the best validation epoch: returns (best params, whether to stop).
 
-    Stops after `patience` epochs without a better validation RMSE; patience 0 never stops
-    (a best-epoch pick over the whole run)."""
-    if loop["best"] is None or valid_rmse < loop["best"]["valid_rmse"]:
-        loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
+    `value` is the epoch's `metric` (`train.select_metric`): lower is better for
+    "valid_rmse", higher for a ranking metric. Stops after `patience` epochs without a
+    better value; patience 0 never stops (a best-epoch pick over the whole run)."""
+    best = loop["best"]
+    if best is None or (value < best[metric] if metric == "valid_rmse" else value > best[metric]):
+        loop.update(best={"epoch": epoch, metric: value}, bad_epochs=0)
         # A copy: the state's buffers are donated to the next epoch.
         return jax.tree.map(jnp.copy, params), False
     loop["bad_epochs"] += 1
     return best_params, patience > 0 and loop["bad_epochs"] >= patience
+
+
+def selection_value(scores: dict, metric: str) -> float:
+    """The value of `train.select_metric` ("valid_<name>") in `evaluate`'s scores."""
+    return scores["valid"][metric.removeprefix("valid_")]
 
 
 def check_loss(metrics: dict, epoch: int, first_step: int, loop: dict, factor: float) -> None:

@@ -85,11 +85,44 @@ def epoch_record(epoch: int, step: int, metrics: dict, seconds: float, entries: 
     return record
 
 
+def selection_label(metric: str) -> str:
+    """"validation RMSE" for valid_rmse, else "validation ndcg@10" and the like."""
+    return "validation " + ("RMSE" if metric == "valid_rmse" else metric.removeprefix("valid_"))
+
+
+def score_fields(name: str, score: dict) -> dict:
+    """A held-out set's `evaluate` scores as metrics.jsonl fields: "<name>_rmse", ... and
+    any ranking metric ("<name>_ndcg@10", ...)."""
+    fields = {f"{name}_rmse": score["rmse"], f"{name}_mae": score["mae"]}
+    if score["cold_count"]:
+        fields[f"{name}_cold_rmse"] = score["cold_rmse"]
+    return {**fields, **ranking_fields(name, score)}
+
+
+def ranking_fields(name: str, score: dict) -> dict:
+    """The ranking metrics of a set's scores as "<name>_<metric>" (none without ranking)."""
+    return {f"{name}_{key}": value for key, value in score.items()
+            if key.startswith("heldout_") or "@" in key or key == "rank_users"}
+
+
+def ranking_record(config, options: dict) -> dict:
+    """summary.json's "ranking": how the ranking metrics were computed."""
+    return {"k": list(options["ks"]), "relevance_threshold": options["threshold"],
+            "users": "users" + (" (rows)" if options["users_are_rows"] else
+                                " (columns of the item rows)"),
+            "full_ranking": "every item without a training rating of the user is a "
+                            "candidate; relevant: held-out ratings >= the threshold; users "
+                            "without a relevant one are skipped",
+            "heldout_ranking": "each user's held-out ratings ranked by prediction, gain "
+                               "2^r - 1; users with fewer than 2 are skipped",
+            "ties": "the lower item index first", "when": config.train.ranking}
+
+
 def protocol_record(config) -> dict:
     """How the reported test score was obtained: split, validation, selection, cold start."""
     data, train = config.data, config.train
     if config.selects_on_validation:
-        selection = "best validation RMSE" + (
+        selection = f"best {selection_label(train.select_metric)}" + (
             f", early stopping (patience {train.early_stopping})" if train.early_stopping
             else " over all epochs")
     else:

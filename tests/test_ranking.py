@@ -1,0 +1,188 @@
+"""Ranking metrics: the blocked device computation against NumPy by hand (ties, users without
+relevant items, cold rows), against scikit-learn's NDCG, and equal on every parallel mode."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import ndcg_score
+
+from autorec_jax import config as config_lib
+from autorec_jax import ranking
+from autorec_jax.data.ratings import row_matrix, to_dense
+from autorec_jax.model import create_model
+from autorec_jax.run.experiment import evaluate, setup
+from synthetic import random_ratings
+
+KS = (3, 5)
+THRESHOLD = 4.0
+
+
+def reference(train_UxI, heldout_UxI, scores_UxI, ks=KS, threshold=THRESHOLD):
+    """Both protocols by hand, per user, in float64; ties to the lower item index."""
+    sums = {"heldout_users": 0, "rank_users": 0}
+    add = lambda key, value: sums.__setitem__(key, sums.get(key, 0.0) + value)  # noqa: E731
+    for u in range(train_UxI.shape[0]):
+        held = np.flatnonzero(heldout_UxI[u])
+        gains = 2.0 ** heldout_UxI[u, held] - 1.0
+        if len(held) >= 2:
+            by_pred = sorted(range(len(held)), key=lambda j: (-scores_UxI[u, held[j]], held[j]))
+            ideal = np.sort(gains)[::-1]
+            sums["heldout_users"] += 1
+            for cut, key in [(len(held), "heldout_ndcg")] + [(k, f"heldout_ndcg@{k}")
+                                                             for k in ks]:
+                dcg = sum(gains[j] / np.log2(i + 2) for i, j in enumerate(by_pred[:cut]))
+                add(key, dcg / sum(g / np.log2(i + 2) for i, g in enumerate(ideal[:cut])))
+        candidates = [i for i in range(train_UxI.shape[1]) if train_UxI[u, i] == 0]
+        relevant = {i for i in held if heldout_UxI[u, i] >= threshold}
+        if not relevant:
+            continue
+        sums["rank_users"] += 1
+        ranked = sorted(candidates, key=lambda i: (-scores_UxI[u, i], i))
+        for k in ks:
+            hits = [i in relevant for i in ranked[:k]]
+            add(f"recall@{k}", sum(hits) / len(relevant))
+            add(f"precision@{k}", sum(hits) / k)
+            add(f"hr@{k}", float(any(hits)))
+            add(f"mrr@{k}", 1.0 / (hits.index(True) + 1) if any(hits) else 0.0)
+            dcg = sum(1 / np.log2(i + 2) for i, h in enumerate(hits) if h)
+            add(f"ndcg@{k}", dcg / sum(1 / np.log2(i + 2) for i in range(min(k, len(relevant)))))
+    users = {key: sums["heldout_users" if key.startswith("heldout") else "rank_users"]
+             for key in sums}
+    return {key: (value / users[key] if key not in ("heldout_users", "rank_users") else value)
+            for key, value in sums.items()}
+
+
+def _config(**overrides):
+    return config_lib.replace(config_lib.tiny(), batch_size=8, eval_batch_size=8,
+                              ranking_k=KS, relevance_threshold=THRESHOLD, **overrides)
+
+
+def _dense_scores(experiment, params, orientation):
+    """A second code path: the network on the whole dense training matrix at once."""
+    dense_RxN = to_dense(row_matrix(experiment.train, orientation))
+    model = create_model(experiment.config.model, experiment.row_width)
+    recon = np.asarray(model.apply({"params": jax.device_get(params)}, jnp.asarray(dense_RxN),
+                                   train=False), np.float64)
+    return recon if orientation == "user" else recon.T
+
+
+def _user_item(ratings, orientation):
+    dense = to_dense(row_matrix(ratings, orientation))
+    return dense if orientation == "user" else dense.T
+
+
+@pytest.mark.parametrize("orientation", ["item", "user"])
+def test_matches_numpy_by_hand(orientation):
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=1)
+    experiment, state = setup(_config(orientation=orientation, parallel="jit"), ratings)
+    params = state.params
+    got = evaluate(experiment, params, ranking=True)["test"]
+    scores = _dense_scores(experiment, params, orientation)
+    want = reference(_user_item(experiment.train, orientation),
+                     _user_item(experiment.test, orientation), scores)
+    assert want["rank_users"] > 5 and want["heldout_users"] > 5
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_ties_and_users_without_relevant_items():
+    """Every score tied (a constant network): ranks follow the item index; users whose
+    held-out ratings are all below the threshold are skipped."""
+    users = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    items = np.array([0, 1, 2, 0, 3, 4, 1, 2, 3, 4])
+    values = np.array([5, 3, 1, 2, 4, 5, 5, 2, 3, 5], np.float32)
+    train = np.array([1, 0, 0, 1, 0, 0, 0, 0, 1, 0], bool)
+    scores_UxI = np.full((3, 5), 2.5)
+    train_UxI, held_UxI = np.zeros((3, 5)), np.zeros((3, 5))
+    train_UxI[users[train], items[train]] = values[train]
+    held_UxI[users[~train], items[~train]] = values[~train]
+    held_UxI[0] = [0, 3, 1, 0, 0]          # user 0: nothing relevant (all < 4)
+    want = reference(train_UxI, held_UxI, scores_UxI, ks=(2,))
+    # By hand (ties: lower index first): user 1's top 2 of items 1-4 are 1, 2, relevant
+    # {3, 4}: no hit; user 2's of items 0, 1, 2, 4 are 0, 1, relevant {1, 4}: a hit at 2.
+    assert want["rank_users"] == 2 and want["recall@2"] == pytest.approx((0 + 0.5) / 2)
+    assert want["mrr@2"] == pytest.approx((0 + 0.5) / 2)
+    held = np.nonzero(held_UxI)
+    flat = {"user_E": held[0], "item_E": held[1], "rating_E": held_UxI[held],
+            "pred_E": scores_UxI[held], "valid_E": np.ones(len(held[0]), bool)}
+    # Shuffled entries with padding slots: the result depends on neither.
+    order = np.random.default_rng(0).permutation(len(held[0]))
+    shuffled = {k: np.concatenate([v[order], v[:2]]) for k, v in flat.items()}
+    shuffled["valid_E"][-2:] = False
+    got = ranking.heldout_ndcg_sums(**{k: jnp.asarray(v) for k, v in shuffled.items()},
+                                    num_users=3, ks=(2,))
+    assert float(got["heldout_users"]) == want["heldout_users"] == 3
+    np.testing.assert_allclose(float(got["heldout_ndcg"]) / 3, want["heldout_ndcg"], rtol=1e-6)
+    np.testing.assert_allclose(float(got["heldout_ndcg@2"]) / 3, want["heldout_ndcg@2"],
+                               rtol=1e-6)
+    # Full ranking over the tied scores, through the running top-K in two blocks.
+    ranked = np.where(train_UxI == 0, scores_UxI, -np.inf)
+    relevant = (held_UxI >= 4)
+    carry = ranking.empty_topk(3, 2)
+    for block in (slice(0, 3), slice(3, 5)):
+        carry = ranking.running_topk(carry, jnp.asarray(ranked[:, block]),
+                                     jnp.arange(5)[block], jnp.asarray(relevant[:, block]))
+    sums = ranking.topk_sums(carry[2], jnp.asarray(relevant.sum(1)), (2,))
+    assert np.asarray(carry[1]).tolist() == [[1, 2], [1, 2], [0, 1]]
+    assert float(sums["rank_users"]) == want["rank_users"]
+    for key in ("recall@2", "precision@2", "ndcg@2", "hr@2", "mrr@2"):
+        np.testing.assert_allclose(float(sums[key]) / 2, want[key], rtol=1e-6, err_msg=key)
+
+
+def test_merge_breaks_ties_by_item_across_devices():
+    # Two devices' lists of user 0: equal scores; the lower item wins wherever it came from.
+    scores = jnp.array([[1.0, 0.5, 1.0, 0.7]])
+    items = jnp.array([[7, 2, 3, 9]])
+    relevant = jnp.array([[False, False, True, False]])
+    best_scores, best_items, best_relevant = ranking.merge_topk(scores, items, relevant, 3)
+    assert best_items.tolist() == [[3, 7, 9]] and best_relevant.tolist() == [[True, False, False]]
+
+
+def test_agrees_with_scikit_learn_ndcg():
+    """scikit-learn's ndcg_score (gain = y_true; so y_true = 2^r - 1 for the held-out NDCG,
+    binary relevance over the candidates for NDCG@K). Continuous scores: no ties, where the
+    two differ by definition (scikit-learn averages tied gains)."""
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=2)
+    experiment, state = setup(_config(orientation="item", parallel="jit"), ratings)
+    got = evaluate(experiment, state.params, ranking=True)["test"]
+    scores = _dense_scores(experiment, state.params, "item")
+    train_UxI, held_UxI = (_user_item(experiment.train, "item"),
+                           _user_item(experiment.test, "item"))
+    heldout, at5 = [], []
+    for u in range(train_UxI.shape[0]):
+        held = np.flatnonzero(held_UxI[u])
+        if len(held) >= 2:
+            heldout.append(ndcg_score([2.0 ** held_UxI[u, held] - 1], [scores[u, held]]))
+        candidates = np.flatnonzero(train_UxI[u] == 0)
+        relevant = held_UxI[u, candidates] >= THRESHOLD
+        if relevant.any():
+            at5.append(ndcg_score([relevant.astype(float)], [scores[u, candidates]], k=5))
+    np.testing.assert_allclose(got["heldout_ndcg"], np.mean(heldout), rtol=1e-5)
+    np.testing.assert_allclose(got["ndcg@5"], np.mean(at5), rtol=1e-5)
+
+
+@pytest.mark.parametrize("orientation", ["item", "user"])
+def test_every_parallel_mode_agrees(orientation):
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=3)
+    runs = {}
+    for mode, model_parallel in (("jit", 1), ("pmap", 1), ("sharded", 1), ("sharded", 2)):
+        config = _config(orientation=orientation, parallel=mode, valid_ratio=0.1,
+                         model_parallel=model_parallel)
+        experiment, state = setup(config, ratings)
+        runs[(mode, model_parallel)] = evaluate(experiment, state.params, ranking=True)
+    base = runs[("jit", 1)]
+    for key, scores in runs.items():
+        for name in ("valid", "test"):
+            for metric, value in base[name].items():
+                np.testing.assert_allclose(scores[name][metric], value, rtol=1e-5, atol=1e-7,
+                                           err_msg=f"{key} {name} {metric}")
+
+
+def test_ranking_does_not_change_rmse():
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=4)
+    experiment, state = setup(_config(parallel="jit", cold_start="item-mean"), ratings)
+    plain = evaluate(experiment, state.params)["test"]
+    ranked = evaluate(experiment, state.params, ranking=True)["test"]
+    for key in plain:
+        np.testing.assert_allclose(ranked[key], plain[key], rtol=1e-6, equal_nan=True)
