@@ -141,12 +141,10 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
             block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
                                             jnp.sum(relevant_BxN, 1), ks)
             return carry, (sums, entries, block_ranks)
-        top, num_relevant_U = carry
-        top = ranking.running_topk(top, ranked_BxN.T, rows_B, relevant_BxN.T)
-        return (top, num_relevant_U + jnp.sum(relevant_BxN, 0, dtype=jnp.int32)), (
-            sums, entries, {})
+        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN.T)
+        return carry, (sums, entries, {})
 
-    carry = (ranking.empty_topk(num_users, kmax), jnp.zeros(num_users, jnp.int32))
+    carry = ranking.empty_topk(num_users, kmax)
     if not users_are_rows and axis_name is not None:
         carry = pvary_if(carry, axis_name)
     carry, (sums_K, entries_KxE, block_ranks_K) = jax.lax.scan(block, carry,
@@ -159,11 +157,16 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
     if users_are_rows:
         ranks.update(psum_if({k: jnp.sum(v) for k, v in block_ranks_K.items()}, axis_name))
     else:
-        (scores_UxK, items_UxK, relevant_UxK), num_relevant_U = carry
-        merged = [jnp.moveaxis(gather_if(x, axis_name), 0, 1).reshape(num_users, -1)
-                  for x in (scores_UxK, items_UxK, relevant_UxK)]
-        relevant_UxK = ranking.merge_topk(*merged, kmax)[2]
-        ranks.update(ranking.topk_sums(relevant_UxK, psum_if(num_relevant_U, axis_name), ks))
+        scores_UxK, items_UxK, relevant_UxK = carry
+        # Each user's relevant held-out ratings, from the entries (all devices' already).
+        relevant_E = valid_E & (rating_E >= threshold)
+        num_relevant_U = jax.ops.segment_sum(relevant_E.astype(jnp.int32),
+                                             jnp.where(valid_E, user_E, 0), num_users)
+        if axis_name is not None:   # every device's top K: the best K of them, ties by item
+            merged = [jnp.moveaxis(gather_if(x, axis_name), 0, 1).reshape(num_users, -1)
+                      for x in (scores_UxK, items_UxK, relevant_UxK)]
+            relevant_UxK = ranking.merge_topk(*merged, kmax)[2]
+        ranks.update(ranking.topk_sums(relevant_UxK, num_relevant_U, ks))
     return {**psum_if(sums_K, axis_name), **ranks}
 
 

@@ -73,27 +73,30 @@ def merge_topk(scores_UxC: jax.Array, items_UxC: jax.Array, relevant_UxC: jax.Ar
     Of equal scores the lower item index wins (`lax.top_k` alone prefers the lower position,
     which is the lower item only when the candidates are in item order: not across devices).
     """
-    order_UxC = jnp.lexsort((items_UxC, -scores_UxC), axis=-1)[:, :k]
-    return tuple(jnp.take_along_axis(x, order_UxC, axis=1)
-                 for x in (scores_UxC, items_UxC, relevant_UxC))
+    negated_UxC, items_UxC, relevant_UxC = jax.lax.sort(
+        (-scores_UxC, items_UxC, relevant_UxC), dimension=1, num_keys=2)
+    return -negated_UxC[:, :k], items_UxC[:, :k], relevant_UxC[:, :k]
 
 
 def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_UxB: jax.Array):
     """Folds one block of B candidate items (ascending item index, after every item already in
     `carry`) into the running top-k of each user; `carry` = (scores, items, relevant) [U, k].
 
-    `lax.top_k` over [carry, block] keeps the earlier position on a tie, which is the lower
-    item index here, so no sort is needed.
+    The block's own top k first, then the best k of the 2k: `lax.top_k` keeps the earlier
+    position on a tie, which is the lower item index in both steps, so no sort is needed.
     """
     best_UxK, items_UxK, relevant_UxK = carry
     k = best_UxK.shape[1]
-    scores_UxC = jnp.concatenate([best_UxK, scores_UxB], axis=1)
-    _, order_UxK = jax.lax.top_k(scores_UxC, k)
-    items_UxC = jnp.concatenate(
-        [items_UxK, jnp.broadcast_to(items_B, scores_UxB.shape)], axis=1)
-    relevant_UxC = jnp.concatenate([relevant_UxK, relevant_UxB], axis=1)
+    if scores_UxB.shape[1] > k:
+        block_UxK, top_UxK = jax.lax.top_k(scores_UxB, k)
+        block = (block_UxK, items_B[top_UxK], jnp.take_along_axis(relevant_UxB, top_UxK, 1))
+    else:
+        block = (scores_UxB, jnp.broadcast_to(items_B, scores_UxB.shape), relevant_UxB)
+    scores_Ux2K, items_Ux2K, relevant_Ux2K = (jnp.concatenate([mine, theirs], axis=1)
+                                              for mine, theirs in zip(carry, block))
+    _, order_UxK = jax.lax.top_k(scores_Ux2K, k)
     return tuple(jnp.take_along_axis(x, order_UxK, axis=1)
-                 for x in (scores_UxC, items_UxC, relevant_UxC))
+                 for x in (scores_Ux2K, items_Ux2K, relevant_Ux2K))
 
 
 def empty_topk(num_users: int, k: int):
@@ -118,29 +121,30 @@ def heldout_ndcg_sums(user_E: jax.Array, item_E: jax.Array, rating_E: jax.Array,
       {"heldout_ndcg", "heldout_ndcg@k" for k in ks}: sums over the users with at least 2
       held-out ratings (and a positive gain), and "heldout_users": how many they are.
     """
-    user_E = jnp.where(valid_E, user_E, num_users)   # padding: a user past the last, sorted last
+    user_E = jnp.where(valid_E, user_E, num_users)   # padding: a user past the last
     gain_E = jnp.where(valid_E, 2.0 ** rating_E - 1.0, 0.0)
+    # Sorted by user, then best first: by prediction (ties: lower item), and by gain (ideal).
+    by_pred = jax.lax.sort((user_E, -pred_E, item_E, gain_E), num_keys=3)
+    by_gain = jax.lax.sort((user_E, -gain_E), num_keys=2)
+    users_E = by_pred[0]                             # the same order of users in both
+    position_E = jnp.arange(users_E.shape[0])
+    starts_E = jnp.concatenate([jnp.ones(1, bool), users_E[1:] != users_E[:-1]])
+    rank_E = position_E - jax.lax.cummax(jnp.where(starts_E, position_E, 0))
+    discount_E = 1.0 / jnp.log2(rank_E + 2.0)
+    terms = {"pred": by_pred[3] * discount_E, "ideal": -by_gain[1] * discount_E}
 
-    def ranks(order_E):
-        """Each sorted entry's rank within its user (0 = first), and the sorted users."""
-        users_E = user_E[order_E]
-        position_E = jnp.arange(users_E.shape[0])
-        starts_E = jnp.concatenate([jnp.ones(1, bool), users_E[1:] != users_E[:-1]])
-        return position_E - jax.lax.cummax(jnp.where(starts_E, position_E, 0)), users_E
+    def per_user(term_E):
+        return jax.ops.segment_sum(term_E, users_E, num_users + 1,
+                                   indices_are_sorted=True)[:num_users]
 
-    by_pred = jnp.lexsort((item_E, -pred_E, user_E))
-    by_rating = jnp.lexsort((-rating_E, user_E))
-    count_U = jax.ops.segment_sum(valid_E.astype(jnp.float32), user_E, num_users + 1)
-    positive_U = jax.ops.segment_sum((gain_E > 0).astype(jnp.float32), user_E, num_users + 1)
+    count_U = per_user(jnp.where(users_E < num_users, 1.0, 0.0))
+    positive_U = per_user((by_pred[3] > 0).astype(jnp.float32))
     # A user whose gains are all <= 0 (ratings <= 0) has no ideal ranking to compare with.
-    counted_U = (count_U[:num_users] >= 2) & (positive_U[:num_users] > 0)
+    counted_U = (count_U >= 2) & (positive_U > 0)
 
     def ndcg_sum(cutoff):
-        def dcg(order_E):
-            rank_E, users_E = ranks(order_E)
-            term_E = jnp.where(rank_E < cutoff, gain_E[order_E] / jnp.log2(rank_E + 2.0), 0.0)
-            return jax.ops.segment_sum(term_E, users_E, num_users + 1)[:num_users]
-        dcg_U, ideal_U = dcg(by_pred), dcg(by_rating)
+        dcg_U, ideal_U = (per_user(jnp.where(rank_E < cutoff, terms[n], 0.0))
+                          for n in ("pred", "ideal"))
         ratio_U = dcg_U / jnp.where(ideal_U > 0, ideal_U, 1.0)
         return jnp.sum(jnp.where(counted_U, ratio_U, 0.0))
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compare two configs over the same splits: paired t test and interval of test RMSE a - b.
+"""Compare two configs over the same splits: paired t test and interval of test RMSE a - b
+(or of another results column: --metric test_ndcg@10).
 
   python scripts/compare.py --splits book:0-4 --out runs/cmp \\
       --a "--preset d2l" --b "--preset d2l --dropout 0.2"      # runs both (resumable)
@@ -8,7 +9,8 @@
 --a and --b each hold train.py flags; config flags given outside them (e.g. --epochs 5)
 apply to both sides first. The sides run as `protocol.py` protocols in --out/a and --out/b
 (run it again to finish an interrupted comparison). Splits are paired by label; lower test
-RMSE is better. Exits 2 on a bad flag, plan or mismatched splits, 1 on a failed run.
+RMSE (or MAE) is better, higher for a ranking metric (test_ndcg@10, test_recall@20,
+test_heldout_ndcg, ...: autorec_jax/ranking.py). Exits 2 on a bad flag, plan or mismatched splits, 1 on a failed run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ EXTRA = {
     "--b": dict(default=None, metavar="FLAGS", help="train.py flags of config b"),
     "--results": dict(nargs=2, default=None, metavar=("A_DIR", "B_DIR"),
                       help="compare two finished protocol folders instead of running"),
+    "--metric": dict(default="test_rmse",
+                     help="the results column compared (default test_rmse; e.g. "
+                          "test_ndcg@10, test_recall@10, test_heldout_ndcg)"),
 }
 
 
@@ -72,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         table_a, table_b = _tables(args)
-        result = protocol.compare(table_a, table_b)
-        values_b = table_b.set_index("label")["test_rmse"]
-        for label, value in zip(table_a["label"], table_a["test_rmse"]):
+        result = protocol.compare(table_a, table_b, metric=args.metric)
+        values_b = table_b.set_index("label")[args.metric]
+        for label, value in zip(table_a["label"], table_a[args.metric]):
             print(f"{label}: a {value:.4f}  b {values_b[label]:.4f}  "
                   f"a - b {value - values_b[label]:+.4f}")
         print("\n".join(protocol.format_comparison(result)))

@@ -1,9 +1,12 @@
 """Ranking metrics: the blocked device computation against NumPy by hand (ties, users without
 relevant items, cold rows), against scikit-learn's NDCG, and equal on every parallel mode."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import ndcg_score
 
@@ -11,7 +14,9 @@ from autorec_jax import config as config_lib
 from autorec_jax import ranking
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.model import create_model
-from autorec_jax.run.experiment import evaluate, setup
+from autorec_jax.errors import ConfigError
+from autorec_jax.run.experiment import evaluate, setup, train_and_evaluate
+from autorec_jax.studies.protocol import compare, format_comparison
 from synthetic import random_ratings
 
 KS = (3, 5)
@@ -186,3 +191,38 @@ def test_ranking_does_not_change_rmse():
     ranked = evaluate(experiment, state.params, ranking=True)["test"]
     for key in plain:
         np.testing.assert_allclose(ranked[key], plain[key], rtol=1e-6, equal_nan=True)
+
+
+def test_select_metric_keeps_the_best_validation_ndcg_epoch(tmp_path):
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=5)
+    config = _config(parallel="jit", epochs=4, valid_ratio=0.2, select="best", lr=0.05,
+                     select_metric="valid_ndcg@5")
+    result = train_and_evaluate(config, tmp_path / "run", ratings=ratings)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    ndcg = [r["valid_ndcg@5"] for r in history]
+    assert len(set(ndcg)) > 1            # the epochs differ, so the pick is a real one
+    assert result.summary["selection"]["best_epoch"] == int(np.argmax(ndcg)) + 1
+    assert result.summary["selection"]["rule"].startswith("best validation ndcg@5")
+    # The chosen params' validation score is the best epoch's.
+    np.testing.assert_allclose(result.summary["valid_ndcg@5"], max(ndcg), rtol=1e-6)
+    assert "test_recall@5" in result.summary and result.summary["ranking"]["k"] == [3, 5]
+
+
+def test_ranking_config_is_checked():
+    with pytest.raises(ConfigError, match="select_metric"):
+        _config(select_metric="valid_ndcg@7")          # 7 is not a cut-off
+    with pytest.raises(ConfigError, match="ranking is off"):
+        _config(select_metric="valid_ndcg@5", ranking="off")
+    with pytest.raises(ConfigError, match="ranking_k"):
+        config_lib.replace(config_lib.tiny(), ranking_k=(0,))
+
+
+def test_compare_prefers_the_higher_ranking_metric():
+    a = pd.DataFrame({"label": ["s0", "s1", "s2"], "test_rmse": [0.90, 0.91, 0.92],
+                      "test_ndcg@10": [0.30, 0.32, 0.31]})
+    b = a.assign(test_rmse=a["test_rmse"] + [0.01, 0.02, 0.015],
+                 **{"test_ndcg@10": a["test_ndcg@10"] + [0.01, 0.02, 0.015]})
+    assert compare(a, b)["better"] == "a"                        # lower RMSE
+    assert compare(a, b, metric="test_ndcg@10")["better"] == "b"  # higher NDCG
+    assert "higher test ndcg@10" in "\n".join(format_comparison(
+        compare(a, b, metric="test_ndcg@10")))

@@ -202,7 +202,8 @@ def compare(results_a, results_b, *, metric: str = "test_rmse", level: float = 0
 
     Args:
       results_a, results_b: `run_protocol` tables or protocol folders.
-      metric: the column compared (lower is better).
+      metric: the column compared: lower is better for RMSE and MAE, higher for a
+        ranking metric ("test_ndcg@10", "test_recall@10", "test_heldout_ndcg", ...).
       level: the interval's coverage.
 
     Returns:
@@ -228,9 +229,16 @@ def compare(results_a, results_b, *, metric: str = "test_rmse", level: float = 0
     values_a = a.set_index("label")[metric].loc[labels].to_numpy(float)
     values_b = b.set_index("label")[metric].loc[labels].to_numpy(float)
     result = stats.paired_t(values_a, values_b, level)
-    better = None if result["mean_diff"] == 0 else "a" if result["mean_diff"] < 0 else "b"
+    sign = -1 if higher_is_better(metric) else 1
+    better = None if result["mean_diff"] == 0 else "a" if sign * result["mean_diff"] < 0 \
+        else "b"
     return {**result, "metric": metric, "labels": labels, "mean_a": float(values_a.mean()),
             "mean_b": float(values_b.mean()), "better": better}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a results column is better (ranking metrics)."""
+    return not metric.endswith(("rmse", "mae"))
 
 
 def format_mean_ci(ci: dict, name: str = "test RMSE") -> str:
@@ -257,7 +265,8 @@ def format_comparison(result: dict) -> list[str]:
         lines.append("a and b score the same on every split")
     else:
         verdict = ("significant" if result["p_value"] < alpha else "not significant")
-        lines.append(f"{result['better']} is better (lower {name}); the difference is "
+        direction = "higher" if higher_is_better(result["metric"]) else "lower"
+        lines.append(f"{result['better']} is better ({direction} {name}); the difference is "
                      f"{verdict} at the {alpha:.0%} level")
     if n < 3:
         lines.append(f"note: only n={n} paired splits (df={n - 1}): the interval is very "
@@ -324,12 +333,19 @@ def _save(root: Path, identity: dict, done: dict) -> None:
 def report_markdown(table: pd.DataFrame) -> str:
     """report.md: a Markdown table of the splits and the mean ± CI line."""
     columns = [c for c in ("label", "split", "seed", "split_seed", "fold", "test_rmse",
-                           "test_mae", "valid_rmse", "best_epoch") if c in table]
+                           "test_mae", *RANKING_COLUMNS, "valid_rmse", "best_epoch")
+               if c in table]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in table.iterrows():
-        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and c.endswith(("rmse", "mae"))
-                 else "" if pd.isna(row[c]) else str(row[c]) for c in columns]
+        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and c.startswith(
+                     ("test_", "valid_")) else "" if pd.isna(row[c]) else str(row[c])
+                 for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    ci = stats.mean_ci(table["test_rmse"])
+    means = [format_mean_ci(stats.mean_ci(table[c]), c.replace("_", " ").replace(
+                 "rmse", "RMSE")) for c in ("test_rmse", *RANKING_COLUMNS) if c in table]
     return (f"# Repeated splits: {len(table)}\n\n" + "\n".join(lines) + "\n\n"
-            + format_mean_ci(ci) + "\n")
+            + "\n".join(means) + "\n")
+
+
+# The ranking columns report.md shows beside RMSE (results.csv holds every metric).
+RANKING_COLUMNS = ("test_heldout_ndcg", "test_ndcg@10", "test_recall@10")
