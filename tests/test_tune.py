@@ -200,3 +200,18 @@ def test_trial_config_maps_width_and_depth_and_selects_on_validation():
     assert tune_lib.final_config(config_lib.tiny(), {"lr": 0.01}).train.retrain
     # The default space is a valid one, each field a config field.
     tune_lib.check_space(tune_lib.SPACE)
+
+
+@pytest.mark.full
+def test_trials_sharing_shapes_train_together_as_they_would_alone(tmp_path):
+    result = tune_lib.tune(BASE, tmp_path, trials=2, models=2, space=SPACE, ratings=RATINGS,
+                           pruner=optuna.pruners.NopPruner())
+    rows = result.record["trials"]
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    members = [t.user_attrs.get("members") for t in result.study.trials]
+    assert members == [2, 2]        # one train_many group of both trials
+    for row in rows:                # each trial's value: the same config trained alone
+        alone = tune_lib.train_trial(tune_lib.trial_config(BASE, row["params"]),
+                                     ratings=RATINGS)
+        assert row["value"] == pytest.approx(alone["value"], rel=1e-4)
+        assert row["best_epoch"] == alone["best_epoch"]
