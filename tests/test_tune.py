@@ -215,3 +215,15 @@ def test_trials_sharing_shapes_train_together_as_they_would_alone(tmp_path):
                                      ratings=RATINGS)
         assert row["value"] == pytest.approx(alone["value"], rel=1e-4)
         assert row["best_epoch"] == alone["best_epoch"]
+
+
+@pytest.mark.full
+def test_a_trial_that_cannot_run_is_pruned_and_the_search_goes_on(tmp_path):
+    space = {**SPACE, "batch_size": ("choice", [0, 500])}   # 500 > the 40 training rows
+    result = tune_lib.tune(BASE, tmp_path, trials=2, space=space, ratings=RATINGS,
+                           enqueue=[{"lr": 0.01, "dropout": 0.0, "batch_size": 500},
+                                    {"lr": 0.01, "dropout": 0.0, "batch_size": 0}])
+    rows = result.record["trials"]
+    assert [(r["state"], r["outcome"]) for r in rows] == [("pruned", "invalid"),
+                                                          ("complete", None)]
+    assert "batch_size" in rows[0]["error"] and result.config.train.batch_size == 0

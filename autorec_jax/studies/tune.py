@@ -153,7 +153,12 @@ def train_trial(config: Config, trial=None, *, ratings=None, cache_dir=None,
     `should_stop()` ends it (state "pruned" or "stopped"). A diverged trial is "pruned".
     Returns {"state", "value" (best valid RMSE), "best_epoch", "epochs", "curve"}.
     """
-    experiment, state = setup(config, ratings, cache_dir)
+    try:
+        experiment, state = setup(config, ratings, cache_dir)
+    except ConfigError as err:  # e.g. a batch larger than the rows: a choice that cannot run
+        log.warning("trial %s cannot run: %s", getattr(trial, "number", "-"), err)
+        return {"state": "invalid", "value": None, "best_epoch": None, "epochs": 0,
+                "curve": [], "error": str(err)}
     shuffle = np.random.default_rng(experiment.shuffle_seed)
     carry = np.zeros(0, np.int32)
     loop = {"best": None, "bad_epochs": 0, "first_loss": None}
@@ -310,14 +315,14 @@ def _run_batch(study, asked, base, space, ratings, cache_dir, should_stop) -> No
 
 
 def _tell(study, trial, record, seconds) -> None:
-    for key in ("best_epoch", "epochs", "curve", "members"):
+    for key in ("best_epoch", "epochs", "curve", "members", "error"):
         if key in record:
             trial.set_user_attr(key, record[key])
     trial.set_user_attr("seconds", seconds)
     states = optuna.trial.TrialState
     if record["state"] == "complete":
         study.tell(trial, record["value"])
-    elif record["state"] in ("pruned", "diverged"):
+    elif record["state"] in ("pruned", "diverged", "invalid"):
         trial.set_user_attr("outcome", record["state"])
         study.tell(trial, state=states.PRUNED)
     else:  # stopped by the budget or a stop request: not a result; asked again on resume
@@ -344,7 +349,7 @@ def _finish(study, base, out, reason, search_seconds, ratings, cache_dir) -> Tun
                                    overwrite=True)
     table = [{"number": t.number, "state": t.state.name.lower(), "value": t.value,
               "params": t.params, **{k: t.user_attrs.get(k) for k in (
-                  "best_epoch", "epochs", "seconds", "outcome", "retry_of")}}
+                  "best_epoch", "epochs", "seconds", "outcome", "retry_of", "error")}}
              for t in study.trials]
     record = {"winner": {"number": best.number, "params": best.params,
                          "valid_rmse": best.value,
