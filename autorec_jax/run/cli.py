@@ -114,8 +114,8 @@ def config_from_flag_string(text: str, args: argparse.Namespace, prog: str
                             ) -> config_lib.Config:
     """One side of a comparison, e.g. `--preset d2l --dropout 0.2`, as a config.
 
-    Starts from the string's `--preset` (else `args.preset` or `args.config`), applies the config flags of
-    `args` (the flags both sides share), then the string's own config flags.
+    Starts from the string's `--preset` (else `args.preset` or `args.config`), applies the
+    config flags of `args` (the flags both sides share), then the string's own config flags.
 
     Raises:
       ConfigError: an unknown flag or a bad value in `text` (the message starts with

@@ -27,8 +27,9 @@ and `<out>/tune.json` the trials table, the winner and its test RMSE.
 choice (`run.members.group_members`: they differ only in lr, weight decay, dropout,
 cold-start rule, seed) are trained together in one compiled step (`train_many`). Such a
 group is not pruned epoch by epoch (its members run in lockstep); it reports its curves
-after the fact. With the default space few asked trials share shapes, so this pays only
-with a space that fixes the shape fields (hidden, depth, orientation, batch, loss).
+after the fact, and a started group runs to its end under the budget. With the default
+space few asked trials share shapes, so this pays only with a space that fixes the shape
+fields (hidden, depth, orientation, batch, loss), on an accelerator.
 """
 
 from __future__ import annotations
