@@ -46,6 +46,9 @@ used (so `autorec_jax.data` works without it). The public API:
   sweeps        run_grid(config, grid, seeds, out_dir, *, batch_members=) -> results (one
                 row per run, resumable); summarize_grid(results) -> per setting, best by
                 validation RMSE
+  tuning        tune(config, out_dir, *, trials=, budget=, space=, models=) -> TuneResult
+                (config, params, valid_rmse, test_rmse, study, final, record): Optuna's
+                search on validation, resumable; the winner retrained, test scored once
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -90,6 +93,7 @@ _LAZY_MODULES = {
     "autorec_jax.research": ("per_row_grads",),
     "autorec_jax.studies.stats": ("mean_ci", "paired_t", "t_cdf", "t_quantile"),
     "autorec_jax.studies.sweep": ("run_grid", "summarize_grid"),
+    "autorec_jax.studies.tune": ("TuneResult", "tune"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
                           "create_train_state", "layer_norms",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),

@@ -114,8 +114,8 @@ def config_from_flag_string(text: str, args: argparse.Namespace, prog: str
                             ) -> config_lib.Config:
     """One side of a comparison, e.g. `--preset d2l --dropout 0.2`, as a config.
 
-    Starts from the string's `--preset` (else `args.preset`), applies the config flags of
-    `args` (the flags both sides share), then the string's own config flags.
+    Starts from the string's `--preset` (else `args.preset` or `args.config`), applies the
+    config flags of `args` (the flags both sides share), then the string's own config flags.
 
     Raises:
       ConfigError: an unknown flag or a bad value in `text` (the message starts with
@@ -130,11 +130,38 @@ def config_from_flag_string(text: str, args: argparse.Namespace, prog: str
         raise ConfigError(f"{prog}: {err}") from None
     if unknown:
         raise ConfigError(f"{prog}: unknown flags {' '.join(unknown)}")
-    base = config_from_args(args, config_lib.PRESETS[side.preset or args.preset]())
+    start = (config_lib.PRESETS[side.preset]() if side.preset else
+             base_config(getattr(args, "preset", None), getattr(args, "config", None)))
+    base = config_from_args(args, start)
     try:
         return config_from_args(side, base)
     except ConfigError as err:
         raise ConfigError(f"{prog}: {err}") from None
+
+
+def config_file(path) -> config_lib.Config:
+    """The config in a JSON file written from `to_dict` (best_config.json, summary's "config").
+
+    Raises:
+      ConfigError: an unreadable or malformed file, an unknown field or a bad value (one
+        line naming the file).
+    """
+    import json
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+        if not isinstance(data, dict):
+            raise ConfigError("expected a JSON object of config groups")
+        return config_lib.config_from_dict(data)
+    except (OSError, ValueError, TypeError, ConfigError) as err:
+        raise ConfigError(f"--config {path}: {err}; give a file written by to_dict, such "
+                          f"as scripts/tune.py's best_config.json") from None
+
+
+def base_config(preset: str | None, path: str | None) -> config_lib.Config:
+    """The starting config: `--config FILE`, else `--preset` (d2l when neither is given)."""
+    if preset is not None and path is not None:
+        raise ConfigError("give --preset or --config, not both")
+    return config_file(path) if path is not None else config_lib.PRESETS[preset or "d2l"]()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -147,7 +174,8 @@ def parse_run_args(description: str, argv: list[str] | None = None,
                    ) -> tuple[config_lib.Config, argparse.Namespace]:
     """The command line of a training entry point, applied: (config, parsed args).
 
-    The flags: `--preset` (a starting configuration), `--out` (a folder for metrics.jsonl
+    The flags: `--preset` (a starting configuration) or `--config FILE` (one from a JSON
+    file, `config_file`), `--out` (a folder for metrics.jsonl
     and summary.json), `--quiet` (log warnings only), `--compilation-cache` (JAX's
     persistent cache folder, or "off"), every config field, and `extra`.
 
@@ -164,8 +192,13 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     Exits with status 2 and a message naming the field on an unknown flag or a bad value.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
-    parser.add_argument("--preset", choices=sorted(config_lib.PRESETS), default="d2l",
-                        help="starting configuration; flags override its fields")
+    parser.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
+                        help="starting configuration; flags override its fields "
+                             "(default: d2l)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="starting configuration from a JSON file as written by "
+                             "to_dict (e.g. scripts/tune.py's best_config.json); flags "
+                             "override its fields")
     parser.add_argument("--out", default=None,
                         help="folder for metrics.jsonl and summary.json")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
@@ -177,7 +210,7 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     add_config_flags(parser)
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args, config_lib.PRESETS[args.preset]())
+        config = config_from_args(args, base_config(args.preset, args.config))
         # Folders are checked before any data is loaded or anything compiled.
         if args.out is not None:
             preflight.check_out_dir(args.out)
