@@ -16,6 +16,7 @@ from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.model import create_model
 from autorec_jax.errors import ConfigError
 from autorec_jax.run.experiment import evaluate, setup, train_and_evaluate
+from autorec_jax.run.multi import train_many
 from autorec_jax.studies.protocol import compare, format_comparison
 from synthetic import random_ratings
 
@@ -226,3 +227,19 @@ def test_compare_prefers_the_higher_ranking_metric():
     assert compare(a, b, metric="test_ndcg@10")["better"] == "b"  # higher NDCG
     assert "higher test ndcg@10" in "\n".join(format_comparison(
         compare(a, b, metric="test_ndcg@10")))
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_run_without_selection_reports_the_final_ranking(together):
+    """The last epoch's scores are a plain run's final ones: they carry the ranking metrics
+    (alone, and as a member of train_many), equal to an evaluation of the saved params."""
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=6)
+    config = _config(parallel="jit", epochs=2)
+    if together:
+        result = train_many([config, config_lib.replace(config, seed=1)], [None, None],
+                            ratings=ratings)[0]
+    else:
+        result = train_and_evaluate(config, ratings=ratings)
+    want = evaluate(result.experiment, result.params, ("test",), ranking=True)["test"]
+    for key in ("ndcg@5", "recall@3", "heldout_ndcg", "mrr@5"):
+        np.testing.assert_allclose(result.summary[f"test_{key}"], want[key], rtol=1e-6)

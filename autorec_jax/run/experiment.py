@@ -295,8 +295,11 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         if epoch % config.train.eval_every == 0 or epoch == config.train.epochs or selecting:
             start = time.perf_counter()
             # While selecting on validation, the test set is scored once, at the end.
+            # The last epoch's scores are the final ones of a run that does not select.
+            final = not selecting and epoch == config.train.epochs
             scores = evaluate(experiment, state.params, ("valid",) if selecting else None,
-                              ranking=ranks_while_training(config))
+                              ranking=ranks_while_training(config) or (
+                                  final and config.train.ranking != "off"))
             for name, score in scores.items():
                 record.update(reporting.score_fields(name, score))
             record["eval_seconds"] = time.perf_counter() - start
@@ -397,7 +400,8 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     if retrained is not None:
         scores = {**evaluate_fn(params, ("valid",)), "test": retrained.scores["test"]}
         params = retrained.state.params
-    elif best_params is not None or "test" not in scores:
+    elif best_params is not None or "test" not in scores or (
+            config.train.ranking != "off" and "rank_users" not in scores["test"]):
         scores = evaluate_fn(params, None)
     test, facts = scores["test"], experiment.data.facts
     summary = {
