@@ -103,7 +103,8 @@ def test_sharded_runs_from_parts_equal_jit_runs_from_parts(folder, model):
     for a, b in zip(result.history, jit_result.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["valid_rmse"] == pytest.approx(b["valid_rmse"], abs=1e-5)
-    for key in ("test_rmse", "test_mae", "test_cold_count", "test_cold_rmse", "test_count"):
+    for key in ("test_rmse", "test_mae", "test_cold_count", "test_cold_rmse", "test_count",
+                "test_heldout_ndcg", "test_ndcg@10", "test_recall@10", "test_mrr@20"):
         assert result.summary[key] == pytest.approx(jit_result.summary[key], abs=1e-5), key
     assert result.summary["data"]["train_ratings"] == jit_result.summary["data"][
         "train_ratings"]
@@ -115,8 +116,10 @@ def test_a_parts_run_scores_like_the_same_model_on_the_whole_split(folder, ratin
     from autorec_jax.run.experiment import evaluate, setup
     result, params = run(parts_config(folder))
     whole, _ = setup(parts_config(None), ratings)
-    scores = evaluate(whole, params)
+    scores = evaluate(whole, params, ranking=True)
     assert result.summary["test_rmse"] == pytest.approx(scores["test"]["rmse"], abs=1e-6)
+    for key in ("heldout_ndcg", "ndcg@10", "recall@20", "hr@10"):   # the ranking too
+        assert result.summary[f"test_{key}"] == pytest.approx(scores["test"][key], abs=1e-6)
     assert result.summary["valid_rmse"] == pytest.approx(scores["valid"]["rmse"], abs=1e-6)
     assert result.summary["test_cold_count"] == scores["test"]["cold_count"] > 0
 
