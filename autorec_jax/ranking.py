@@ -78,22 +78,25 @@ def merge_topk(scores_UxC: jax.Array, items_UxC: jax.Array, relevant_UxC: jax.Ar
     return -negated_UxC[:, :k], items_UxC[:, :k], relevant_UxC[:, :k]
 
 
-def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_UxB: jax.Array):
+def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU: jax.Array):
     """Folds one block of B candidate items (ascending item index, after every item already in
     `carry`) into the running top-k of each user; `carry` = (scores, items, relevant) [U, k].
 
-    The block's own top k first, then the best k of the 2k: `lax.top_k` keeps the earlier
-    position on a tie, which is the lower item index in both steps, so no sort is needed.
+    `relevant_BxU` is the block's relevance in its rows' layout (items x users): only the k
+    entries per user that reach the top are read. The block's own top k first, then the
+    best k of the 2k: `lax.top_k` keeps the earlier position on a tie, which is the lower
+    item index in both steps, so no sort is needed.
     """
-    best_UxK, items_UxK, relevant_UxK = carry
-    k = best_UxK.shape[1]
-    if scores_UxB.shape[1] > k:
+    k = carry[0].shape[1]
+    num_users, block = scores_UxB.shape
+    if block > k:
         block_UxK, top_UxK = jax.lax.top_k(scores_UxB, k)
-        block = (block_UxK, items_B[top_UxK], jnp.take_along_axis(relevant_UxB, top_UxK, 1))
     else:
-        block = (scores_UxB, jnp.broadcast_to(items_B, scores_UxB.shape), relevant_UxB)
+        block_UxK, top_UxK = scores_UxB, jnp.broadcast_to(jnp.arange(block), scores_UxB.shape)
+    found = (block_UxK, items_B[top_UxK],
+             relevant_BxU[top_UxK, jnp.arange(num_users)[:, None]])
     scores_Ux2K, items_Ux2K, relevant_Ux2K = (jnp.concatenate([mine, theirs], axis=1)
-                                              for mine, theirs in zip(carry, block))
+                                              for mine, theirs in zip(carry, found))
     _, order_UxK = jax.lax.top_k(scores_Ux2K, k)
     return tuple(jnp.take_along_axis(x, order_UxK, axis=1)
                  for x in (scores_Ux2K, items_Ux2K, relevant_Ux2K))

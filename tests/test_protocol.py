@@ -111,7 +111,11 @@ def test_run_protocol_rows_equal_separate_runs(real_protocol, ratings):
     assert result.test_rmse == stats.mean_ci(csv["test_rmse"])
     report = (out / "report.md").read_text()
     assert "| seed1 | random | 1 | 1 |" in report
-    assert report.rstrip().endswith(protocol.format_mean_ci(result.test_rmse))
+    lines = report.rstrip().splitlines()
+    assert protocol.format_mean_ci(result.test_rmse) in lines
+    # The ranking metrics' means follow the RMSE's, each over the same splits.
+    assert lines[-1] == protocol.format_mean_ci(stats.mean_ci(csv["test_recall@10"]),
+                                                "test recall@10")
 
 
 def test_run_protocol_trains_fresh_splits_together_and_batching_can_be_turned_off(

@@ -128,7 +128,7 @@ def test_ties_and_users_without_relevant_items():
     carry = ranking.empty_topk(3, 2)
     for block in (slice(0, 3), slice(3, 5)):
         carry = ranking.running_topk(carry, jnp.asarray(ranked[:, block]),
-                                     jnp.arange(5)[block], jnp.asarray(relevant[:, block]))
+                                     jnp.arange(5)[block], jnp.asarray(relevant[:, block].T))
     sums = ranking.topk_sums(carry[2], jnp.asarray(relevant.sum(1)), (2,))
     assert np.asarray(carry[1]).tolist() == [[1, 2], [1, 2], [0, 1]]
     assert float(sums["rank_users"]) == want["rank_users"]
