@@ -109,3 +109,24 @@ def test_label_names_files_and_checksums(tmp_path):
     assert hashlib.sha256(Path(train).read_bytes()).hexdigest() in before
     _write(tmp_path / "tr.tsv", ["1\t1\t3", "2\t2\t5"])
     assert loading.dataset_label(data) != before
+
+
+def test_parts_from_split_files_match_internal(tmp_path):
+    from autorec_jax.data import parts
+    r = random_ratings(num_users=40, num_items=30, seed=5)
+    src = tmp_path / "all.tsv"
+    src.write_text("".join(f"{r.user_ids[u]}\t{r.item_ids[i]}\t{v:g}\t{t}\n"
+                           for u, i, v, t in zip(r.users, r.items, r.ratings, r.timestamps)))
+    cfg = config_lib.Config(data=_data(ratings=str(src)))
+    _data_script().split(cfg, str(tmp_path / "out"), as_json=False)
+    cfg_files = config_lib.Config(data=_data(train_ratings=str(tmp_path / "out")))
+    a = parts.write_parts(cfg, str(tmp_path / "p_int"), 2)
+    b = parts.write_parts(cfg_files, str(tmp_path / "p_files"), 2)
+    assert a.meta["fingerprint"] == b.meta["fingerprint"]
+    assert [int(n) for n in a.sizes] == [int(n) for n in b.sizes]
+    files = sorted((tmp_path / "p_int").glob("part-*.npz"))
+    assert len(files) == 2
+    for f in files:
+        x, y = np.load(f), np.load(tmp_path / "p_files" / f.name)
+        for key in x.files:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=f"{f.name}:{key}")
