@@ -130,3 +130,12 @@ def test_parts_from_split_files_match_internal(tmp_path):
         x, y = np.load(f), np.load(tmp_path / "p_files" / f.name)
         for key in x.files:
             np.testing.assert_array_equal(x[key], y[key], err_msg=f"{f.name}:{key}")
+
+
+def test_protocol_plan_over_split_folders(tmp_path):
+    from autorec_jax.studies import protocol
+    plan = protocol.split_plan(f"files:{tmp_path / 'a'},{tmp_path / 'b'}", config_lib.Config())
+    assert [label for label, _ in plan] == ["a", "b"]
+    assert [c.data.train_ratings for _, c in plan] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    with pytest.raises(ConfigError, match="files:DIR1"):
+        protocol.split_plan("files:", config_lib.Config())
