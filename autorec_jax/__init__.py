@@ -32,7 +32,7 @@ used (so `autorec_jax.data` works without it). The public API:
                 blocked: NDCG, Recall, Precision, HR, MRR @K; GLocal-K's held-out NDCG)
   cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
-                steps_per_epoch
+                steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files)
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
   protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
                 train_fn=, batch_members=, **seams) -> ProtocolResult (table, test_rmse);
@@ -70,6 +70,7 @@ _LAZY_MODULES = {
                                      "predict_heldout", "train_ensemble"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
+    "autorec_jax.data.split_files": ("load_split_files",),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),
     "autorec_jax.studies.plots": ("plot_runs",),
     "autorec_jax.studies.protocol": ("ProtocolResult", "compare", "run_protocol", "split_plan"),

@@ -108,6 +108,13 @@ class DataConfig:
     orientation: str = "item"      # "item": I-AutoRec, rows are items; "user": U-AutoRec
     parts: str | None = None       # a folder of row parts (scripts/data.py parts) to train
                                    # on instead: each process loads only its devices' parts
+    train_ratings: str | None = None  # a fixed split from files: the training file, or a
+                                   # folder holding train.*, test.* (and valid.*); replaces
+                                   # `ratings`/`dataset` and the split options (split,
+                                   # test_ratio, folds, ...); see data/split_files.py
+    test_ratings: str | None = None   # the test file (with a training *file*)
+    valid_ratings: str | None = None  # the validation file (optional; else valid_ratio
+                                   # carves validation out of the training file)
 
     def __post_init__(self):
         _check_choice(self.dataset, "data.dataset", DATASETS)
@@ -140,6 +147,17 @@ class DataConfig:
                "user, item and rating once each (and optionally timestamp, '-' to skip a "
                "field)", self.columns)
         _check_choice(self.header, "data.header", HEADER_CHOICES)
+        for name in ("train_ratings", "test_ratings", "valid_ratings"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value.strip() != ""),
+                   f"data.{name}", "None or a path (str)", value)
+        if self.train_ratings is None and (self.test_ratings or self.valid_ratings):
+            raise ConfigError("data.test_ratings/data.valid_ratings need data.train_ratings "
+                              "(--train-ratings FILE --test-ratings FILE)")
+        if self.train_ratings is not None and self.ratings is not None:
+            raise ConfigError("data.ratings and data.train_ratings both name the data; give "
+                              "--ratings FILE (split internally) or --train-ratings (a fixed "
+                              "split from files), not both")
         _check_choice(self.id_type, "data.id_type", ID_TYPES)
         _check(self.sep is None or (isinstance(self.sep, str) and self.sep != ""
                                     and "\n" not in self.sep and '"' not in self.sep),

@@ -36,6 +36,11 @@ def file_format(data) -> Format:
 
 
 def dataset_label(data) -> str:
+    """The data's name in logs and records; split files are named with their SHA-256."""
+    if getattr(data, "train_ratings", None) is not None:
+        from autorec_jax.data import split_files
+        return "files:" + ",".join(f"{part}={f['path']}@sha256:{f['sha256']}"
+                                   for part, f in split_files.file_checksums(data).items())
     return f"file:{data.ratings}" if data.ratings is not None else data.dataset
 
 
@@ -46,6 +51,11 @@ def load_split(data, seed: int, ratings: Ratings | None = None, cache_dir=None
     Raises:
       DataError: a split nothing can be learned or measured from (see `check_split`).
     """
+    if getattr(data, "train_ratings", None) is not None:
+        from autorec_jax.data import split_files
+        train, valid, test = split_files.load_split_files(data, seed, file_format(data))
+        check_split(data, train, valid, test)
+        return train, valid, test
     if ratings is None:
         ratings = load_ratings(data, cache_dir)
     parts = splits.make_split(ratings, data.split, seed=seed, test_ratio=data.test_ratio,
@@ -68,7 +78,9 @@ def check_split(data, train: Ratings, valid: Ratings, test: Ratings) -> None:
     Raises:
       DataError: naming the split and how to fix it.
     """
-    where = f"split {data.split!r} of {dataset_label(data)}"
+    where = (f"split {data.split!r} of {dataset_label(data)}"
+             if getattr(data, "train_ratings", None) is None
+             else f"the split files (test {split_files_test(data)})")
     if not len(train) or not len(test):
         part = "training" if not len(train) else "test"
         raise DataError(f"{where} leaves no {part} ratings (train {len(train)}, valid "
@@ -93,3 +105,8 @@ def _empty_part_fix(data, part: str) -> str:
     if data.split in ("seq-aware", "leave-last"):
         return "use users with more than one rating, or another --split"
     return "use more ratings, or another --split"
+
+
+def split_files_test(data) -> str:
+    from autorec_jax.data import split_files
+    return split_files.split_paths(data)["test"]

@@ -247,7 +247,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                               grad_transform=grad_transform, entry_fields=entry_fields)
     log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
              "%s on %d %s device(s)", loading.dataset_label(config.data),
-             config.data.split, config.split_seed, *experiment.data.facts.counts.values(),
+             "fixed-files" if config.data.train_ratings is not None else config.data.split,
+             config.split_seed, *experiment.data.facts.counts.values(),
              experiment.num_rows,
              experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
              jax.local_devices()[0].platform)

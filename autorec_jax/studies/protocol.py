@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 PLAN_FORMS = ("book:A-B (the book's random split, seeds A..B)", "book:N (seeds 0..N-1)",
               "uA-uB (MovieLens 100K's official uA..uB, e.g. u1-u5)", "uK (one of them)",
-              "kfold:K (folds 0..K-1 of one seeded K-fold partition)")
+              "kfold:K (folds 0..K-1 of one seeded K-fold partition)",
+              "files:DIR1,DIR2,... (fixed splits from folders of train.*/test.* files)")
 # The fields a plan sets per split; every other field is the protocol's config.
 PLAN_FIELDS = (("seed",), ("data", "split"), ("data", "split_seed"), ("data", "fold"),
-               ("data", "folds"))
+               ("data", "folds"), ("data", "train_ratings"))
 RESULTS, TABLE, REPORT = "results.json", "results.csv", "report.md"
 
 
@@ -48,6 +49,9 @@ def split_plan(name: str, config: Config) -> list[tuple[str, Config]]:
       (labels u<K>).
     kfold:K: folds 0..K-1, all with split seed `config.split_seed`, so the test folds
       partition the data; the model seed stays `config.seed` (labels fold<k>).
+    files:DIR1,DIR2,...: repeated fixed splits, one per folder holding train.*, test.*
+      (and valid.*), e.g. `scripts/data.py split` outputs; `config.seed` for every one
+      (labels: the folder names).
 
     Raises:
       ConfigError: a name of none of these forms (the message lists them).
@@ -70,6 +74,13 @@ def split_plan(name: str, config: Config) -> list[tuple[str, Config]]:
             return [(f"fold{k}", replace(config, split="kfold", folds=folds, fold=k,
                                          split_seed=config.split_seed))
                     for k in range(folds)]
+    elif text.startswith("files:"):
+        folders = [f.strip() for f in text[len("files:"):].split(",") if f.strip()]
+        labels = [Path(f).name or f for f in folders]
+        if folders and len(set(labels)) == len(labels):
+            return [(label, replace(config, ratings=None, train_ratings=folder,
+                                    test_ratings=None, valid_ratings=None))
+                    for label, folder in zip(labels, folders)]
     raise ConfigError(f"--splits must be one of {'; '.join(PLAN_FORMS)}; got {name!r}")
 
 
