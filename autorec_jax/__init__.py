@@ -30,7 +30,10 @@ used (so `autorec_jax.data` works without it). The public API:
                 summarize; evaluate(experiment, params, ranking=True)
   ranking       topk_sums, heldout_ndcg_sums, running_topk, merge_topk, empty_topk (pure,
                 blocked: NDCG, Recall, Precision, HR, MRR @K; GLocal-K's held-out NDCG)
-  cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
+  cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout),
+                choose_rule(network_cold_rmse, train, valid) (train.cold_start "auto")
+  scaling       rating_unit(mode, train_ratings) (train.rating_scaling: the unit the
+                network's ratings are divided by)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
                 steps_per_epoch; thin(ratings, fraction, seed), rescale(ratings, factor)
                 (variants: a seeded uniform sample, ratings times a factor)
@@ -69,7 +72,8 @@ __version__ = "0.2.0"
 
 _LAZY_MODULES = {
     "autorec_jax.serve.load": ("Run", "load_run"),
-    "autorec_jax.data.coldstart": ("cold_mask", "fallback_values"),
+    "autorec_jax.data.coldstart": ("choose_rule", "cold_mask", "fallback_values"),
+    "autorec_jax.data.scaling": ("rating_unit",),
     "autorec_jax.studies.ensemble": ("EnsembleResult", "apply_blend", "fit_blend",
                                      "predict_heldout", "train_ensemble"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
