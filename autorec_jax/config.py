@@ -286,8 +286,8 @@ class TrainConfig:
         _check(isinstance(self.clip_predictions, bool), "train.clip_predictions",
                "true or false", self.clip_predictions)
         _check(_is_cold_start(self.cold_start), "train.cold_start",
-               "one of " + ", ".join(COLD_START_RULES + (COLD_START_AUTO,))
-               + ' or a decimal number as text, e.g. "3"',
+               "one of " + ", ".join(COLD_START_RULES) + ' or a decimal number as text, e.g. "3", '
+               f'or {COLD_START_AUTO} (chosen on validation)',
                self.cold_start)
         _check_choice(self.rating_scaling, "train.rating_scaling", RATING_SCALINGS)
         for name in ("early_stopping", "checkpoint_every"):
