@@ -128,3 +128,13 @@ def test_auto_run_scores_test_as_the_run_with_the_chosen_rule():
     np.testing.assert_allclose(choice["valid_cold_rmse"]["network"],
                                train_and_evaluate(base_config(), ratings=ratings)
                                .scores["valid"]["cold_rmse"], rtol=1e-6)
+
+
+def test_several_models_and_ensembles_refuse_auto_and_scaling_in_one_line():
+    from autorec_jax.run.members import setup_many
+    from autorec_jax.studies import ensemble
+    for config in (base_config(cold_start="auto"), base_config(rating_scaling="max")):
+        with pytest.raises(ConfigError, match="member 0: .*not supported by several-model"):
+            setup_many([config, config], ratings=sparse_ratings())
+        with pytest.raises(ConfigError, match="not supported by ensembles"):
+            ensemble.train_ensemble([config, config], ratings=sparse_ratings())
