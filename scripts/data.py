@@ -18,10 +18,11 @@ only those); `parts` deals the split's rows into --count row parts for a multi-p
 `scripts/train.py --parts DIR`); `thin` writes a seeded uniform sample of --fraction of
 the ratings (data/variants.py: round(fraction * R) drawn without replacement with
 --seed) and `rescale` every rating times --factor, each as one tab-separated ratings file
-(user, item, rating[, timestamp]; written atomically) for `--ratings FILE`. Format and split options are the data flags of
-scripts/train.py (`parts` also takes --seed and --cold-start, which its files depend on).
-A bad flag or --out exits with status 2, a malformed file with status 1; each with a
-one-line error naming the file (and line) and the fix.
+(user, item, rating[, timestamp]; written atomically) for `--ratings FILE`. Format and
+split options are the data flags of scripts/train.py (`parts` also takes --seed and
+--cold-start, which its files depend on). A bad flag or --out exits with status 2, a
+malformed file with status 1; each with a one-line error naming the file (and line) and
+the fix.
 """
 
 from __future__ import annotations

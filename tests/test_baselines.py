@@ -68,8 +68,8 @@ def test_mf_on_ratings_times_20_predicts_20_times_as_much():
 def split3(r, seed=0):
     order = np.random.default_rng(seed).permutation(len(r))
     n = len(r)
-    return (r.take(np.sort(order[:int(0.7 * n)])), r.take(np.sort(order[int(0.7 * n):int(0.8 * n)])),
-            r.take(np.sort(order[int(0.8 * n):])))
+    cut = [0, int(0.7 * n), int(0.8 * n), n]
+    return tuple(r.take(np.sort(order[a:b])) for a, b in zip(cut[:-1], cut[1:]))
 
 
 def test_tuned_mf_beats_the_tuned_item_mean_on_low_rank_data():

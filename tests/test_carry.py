@@ -77,14 +77,6 @@ def test_scaled_run_on_ratings_x20_predicts_20_times_the_original_run():
     assert len(test) == len(twenty.experiment.test)
 
 
-def test_unscaled_runs_on_ratings_x20_differ():
-    """The guard's contrast: without scaling the x20 run is another model."""
-    ratings = sparse_ratings(1)
-    one = train_and_evaluate(base_config(), ratings=ratings)
-    twenty = train_and_evaluate(base_config(), ratings=times(ratings, 20))
-    assert abs(twenty.summary["test_rmse"] / 20 - one.summary["test_rmse"]) > 1e-3
-
-
 def _leaves(tree):
     import jax
     return jax.tree.leaves(tree)
@@ -125,9 +117,8 @@ def test_auto_run_scores_test_as_the_run_with_the_chosen_rule():
     for key in ("rmse", "mae", "cold_rmse", "cold_count"):
         np.testing.assert_allclose(auto.scores["test"][key], fixed.scores["test"][key],
                                    rtol=1e-6)
-    np.testing.assert_allclose(choice["valid_cold_rmse"]["network"],
-                               train_and_evaluate(base_config(), ratings=ratings)
-                               .scores["valid"]["cold_rmse"], rtol=1e-6)
+    assert choice["rule"] != "network"  # else the two runs' test scores agree trivially
+    assert fixed.scores["test"]["cold_count"] > 0
 
 
 def test_several_models_and_ensembles_refuse_auto_and_scaling_in_one_line():
