@@ -26,7 +26,8 @@ def times(ratings: Ratings, factor: float) -> Ratings:
 
 def base_config(**overrides):
     return config_lib.replace(config_lib.tiny(), **{
-        "epochs": 3, "valid_ratio": 0.2, "select": "best", "loss": "observed", **overrides})
+        "epochs": 3, "valid_ratio": 0.2, "select": "best", "loss": "observed", "ranking": "off",
+        **overrides})
 
 
 def test_config_choices_match_the_data_modules_and_bad_combinations_are_refused():
