@@ -130,3 +130,18 @@ def test_several_models_and_ensembles_refuse_auto_and_scaling_in_one_line():
             setup_many([config, config], ratings=sparse_ratings())
         with pytest.raises(ConfigError, match="not supported by ensembles"):
             ensemble.train_ensemble([config, config], ratings=sparse_ratings())
+
+
+def test_auto_run_retrains_and_scores_test_with_the_chosen_rule():
+    ratings = sparse_ratings(3)
+    result = train_and_evaluate(base_config(cold_start="auto", retrain=True), ratings=ratings)
+    rule = result.summary["cold_start_choice"]["rule"]
+    assert rule != "network"
+    retrained = result.retrained.experiment
+    assert retrained.config.train.cold_start == rule
+    assert result.summary["test_rmse"] == result.retrained.scores["test"]["rmse"]
+    train, test = retrained.train, retrained.test  # train + validation, and test
+    cold = coldstart.cold_mask(train, test)
+    expect = np.sqrt(np.mean((coldstart.fallback_values(rule, train, test)[cold]
+                              - test.ratings[cold]) ** 2))
+    np.testing.assert_allclose(result.summary["cold_start"]["test_rmse"], expect, rtol=1e-6)
