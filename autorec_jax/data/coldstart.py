@@ -87,9 +87,12 @@ def fallback_values(rule: str, train: Ratings, heldout: Ratings) -> np.ndarray |
 
 
 def loaded_rule(rule: str) -> str:
-    """The rule a run's held-out fields are built with: "auto" scores the network's own
-    output until `choose_rule` has chosen (after selection)."""
-    return "network" if rule == AUTO else rule
+    """The rule a run's held-out fields are built with. "auto" trains and selects under
+    "global-mean": cold entries then add a constant to every epoch's validation error, so
+    the selected epoch is the one of the warm entries alone, as under any mean rule (the
+    network's own cold predictions, often far off on sparse data, do not steer it); the
+    rule is chosen after selection (`choose_rule`)."""
+    return "global-mean" if rule == AUTO else rule
 
 
 def choose_rule(network_cold_rmse: float, train: Ratings, valid: Ratings,

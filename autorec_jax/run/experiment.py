@@ -358,11 +358,15 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     # train.cold_start "auto": the rule is chosen now, on validation, for the chosen params.
     choice, evaluate_fn, rule = None, None, config.train.cold_start
     if rule == coldstart.AUTO:
-        choice = _choose_cold_start(experiment, state.params if best_params is None
-                                    else best_params)
+        # Selected under "global-mean" (`coldstart.loaded_rule`); the network's own cold
+        # predictions are scored on a second setup, and the chosen rule's, if another.
+        params = state.params if best_params is None else best_params
+        scoring = setup(replace(config, cold_start="network"), ratings, cache_dir, **seams)[0]
+        choice = _choose_cold_start(scoring, params)
         rule = choice["rule"]
-        if rule != "network":  # the held-out fields of the chosen rule: a second setup
+        if rule not in ("network", coldstart.loaded_rule(coldstart.AUTO)):
             scoring = setup(replace(config, cold_start=rule), ratings, cache_dir, **seams)[0]
+        if rule != coldstart.loaded_rule(coldstart.AUTO):
             evaluate_fn = functools.partial(evaluate, scoring,
                                             ranking=config.train.ranking != "off")
     retrained = None
@@ -375,7 +379,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
 
 
 def _choose_cold_start(experiment: Experiment, params) -> dict:
-    """`coldstart.choose_rule` for the params the run selected (`train.cold_start` auto)."""
+    """`coldstart.choose_rule` for the params the run selected (`train.cold_start` auto);
+    `experiment` scores cold entries by the network (rule "network")."""
     valid = evaluate(experiment, params, ("valid",))["valid"]
     choice = coldstart.choose_rule(valid["cold_rmse"], experiment.train, experiment.valid,
                                    experiment.config.data.orientation)
