@@ -30,9 +30,14 @@ used (so `autorec_jax.data` works without it). The public API:
                 summarize; evaluate(experiment, params, ranking=True)
   ranking       topk_sums, heldout_ndcg_sums, running_topk, merge_topk, empty_topk (pure,
                 blocked: NDCG, Recall, Precision, HR, MRR @K; GLocal-K's held-out NDCG)
-  cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout)
+  cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout),
+                choose_rule(network_cold_rmse, train, valid) (train.cold_start "auto")
+  scaling       rating_unit(mode, train_ratings) (train.rating_scaling: the unit the
+                network's ratings are divided by)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
-                steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files)
+                steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files);
+                thin(ratings, fraction, seed), rescale(ratings, factor) (variants: a seeded
+                uniform sample, ratings times a factor)
   a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
   protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
                 train_fn=, batch_members=, **seams) -> ProtocolResult (table, test_rmse);
@@ -49,6 +54,9 @@ used (so `autorec_jax.data` works without it). The public API:
   tuning        tune(config, out_dir, *, trials=, budget=, space=, models=) -> TuneResult
                 (config, params, valid_rmse, test_rmse, study, final, record): Optuna's
                 search on validation, resumable; the winner retrained, test scored once
+  baselines     run_baselines(train, valid, test) -> {"item_mean", "biased_mf"} (chosen
+                on validation, refitted on train + validation, test once);
+                fit_biased_mf(train, dim, reg) -> BiasedMF (ALS, NumPy)
   errors        AutoRecError, ConfigError, DataError, ChecksumError, SourceUnavailableError,
                 TrainingDivergedError, TrainingInterrupted, CheckpointError
 """
@@ -65,13 +73,16 @@ __version__ = "0.2.0"
 
 _LAZY_MODULES = {
     "autorec_jax.serve.load": ("Run", "load_run"),
-    "autorec_jax.data.coldstart": ("cold_mask", "fallback_values"),
+    "autorec_jax.data.coldstart": ("choose_rule", "cold_mask", "fallback_values"),
+    "autorec_jax.data.scaling": ("rating_unit",),
     "autorec_jax.studies.ensemble": ("EnsembleResult", "apply_blend", "fit_blend",
                                      "predict_heldout", "train_ensemble"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
     "autorec_jax.data.split_files": ("load_split_files",),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),
+    "autorec_jax.data.variants": ("rescale", "thin"),
+    "autorec_jax.studies.baselines": ("BiasedMF", "fit_biased_mf", "run_baselines"),
     "autorec_jax.studies.plots": ("plot_runs",),
     "autorec_jax.studies.protocol": ("ProtocolResult", "compare", "run_protocol", "split_plan"),
     "autorec_jax.serve.recommend": ("predict_pairs", "top_k"),

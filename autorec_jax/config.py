@@ -40,10 +40,12 @@ OPTIMIZERS = ("adam", "sgd", "rprop")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
+RATING_SCALINGS = ("none", "max")  # data/scaling.py's (a test checks they match)
 SELECTIONS = ("last", "best")
 PARALLEL_MODES = ("auto", "jit", "pmap", "sharded")
 MATMUL_PRECISIONS = ("highest", "high", "default")
 COLD_START_RULES = ("network", "global-mean", "user-mean", "item-mean")  # or a number
+COLD_START_AUTO = "auto"  # chosen among COLD_START_RULES on validation (data/coldstart.py)
 RANKING_MODES = ("off", "final", "every")
 TOPK_METRICS = ("recall", "precision", "ndcg", "hr", "mrr")  # ranking.topk_sums' metrics
 COLD_START_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")  # "3", "3.5", "-1"
@@ -67,8 +69,8 @@ def _is_seed(value) -> bool:
 
 
 def _is_cold_start(value) -> bool:
-    """A named rule of COLD_START_RULES, or a decimal number as text ("3", "3.5")."""
-    return isinstance(value, str) and (value in COLD_START_RULES
+    """A named rule of COLD_START_RULES, "auto", or a decimal number as text ("3", "3.5")."""
+    return isinstance(value, str) and (value in COLD_START_RULES or value == COLD_START_AUTO
                                        or COLD_START_NUMBER.fullmatch(value) is not None)
 
 
@@ -248,7 +250,14 @@ class TrainConfig:
     cold_start: str = "network"      # prediction at held-out entries whose user or item has
                                      # no training rating: "network" (its output),
                                      # "global-mean", "user-mean", "item-mean" (the global
-                                     # mean for a user/item with none), or a number ("3")
+                                     # mean for a user/item with none), a number ("3"),
+                                     # or "auto": after selection, the one of the four
+                                     # named rules with the lowest RMSE on validation's
+                                     # cold entries (needs data.valid_ratio > 0)
+    rating_scaling: str = "none"     # "max": the network sees ratings divided by the
+                                     # largest |training rating| (inputs, targets,
+                                     # fallbacks, clip range); metrics and predictions are
+                                     # multiplied back (data/scaling.py); "none": as read
     early_stopping: int = 0          # patience in epochs on validation RMSE (needs
                                      # data.valid_ratio > 0; keeps the best epoch); 0: off
     select: str = "last"             # params the run keeps: "last" epoch's, or "best":
@@ -295,8 +304,10 @@ class TrainConfig:
         _check(isinstance(self.clip_predictions, bool), "train.clip_predictions",
                "true or false", self.clip_predictions)
         _check(_is_cold_start(self.cold_start), "train.cold_start",
-               "one of " + ", ".join(COLD_START_RULES) + ' or a decimal number as text, e.g. "3"',
+               "one of " + ", ".join(COLD_START_RULES) + ' or a decimal number as text, e.g. "3", '
+               f'or {COLD_START_AUTO} (chosen on validation)',
                self.cold_start)
+        _check_choice(self.rating_scaling, "train.rating_scaling", RATING_SCALINGS)
         for name in ("early_stopping", "checkpoint_every"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 0, f"train.{name}", "an integer >= 0", value)
@@ -343,6 +354,13 @@ class Config:
         _check(self.train.select == "last" or self.data.valid_ratio > 0, "train.select",
                "'last' unless data.valid_ratio > 0 (it picks by validation; pass "
                "--valid-ratio 0.1)", self.train.select)
+        _check(self.train.cold_start != COLD_START_AUTO or (
+            self.data.valid_ratio > 0 and not self.data.parts), "train.cold_start",
+            "a rule other than 'auto' unless data.valid_ratio > 0 and no data.parts ('auto' "
+            "chooses on validation: pass --valid-ratio 0.1)", self.train.cold_start)
+        _check(self.train.rating_scaling == "none" or not self.data.parts,
+               "train.rating_scaling", "'none' with data.parts (parts store unscaled "
+               "ratings)", self.train.rating_scaling)
         _check(not self.train.retrain or self.selects_on_validation, "train.retrain",
                "false unless the run selects on validation (--select best or "
                "--early-stopping P, with --valid-ratio)", self.train.retrain)

@@ -7,16 +7,22 @@
   python scripts/data.py split ml-1m --split kfold --folds 5 --fold 0 --out splits/ml1m-f0
   python scripts/data.py split ratings.csv --split ratio --valid-ratio 0.1 --out splits/mine
   python scripts/data.py parts ml-20m --count 8 --out parts/ml20m --last-batch pad ...
+  python scripts/data.py thin ml-100k --fraction 0.05 --seed 0 --out ml100k-5pct.tsv
+  python scripts/data.py rescale ml-100k --factor 20 --out ml100k-x20.tsv
 
 `stats` prints counts, density, the rating histogram, load time (parse, validation and id
 mapping) and the process's peak memory; `split` writes train/valid/test files (raw ids,
 tab-separated) and split.json, replacing those of an earlier split in the same folder (and
 only those); `parts` deals the split's rows into --count row parts for a multi-process run
 (autorec_jax/data/parts.py: each process then loads only its own devices' parts, with
-`scripts/train.py --parts DIR`). Format and split options are the data flags of
-scripts/train.py (`parts` also takes --seed and --cold-start, which its files depend on).
-A bad flag or --out exits with status 2, a malformed file with status 1; each with a
-one-line error naming the file (and line) and the fix.
+`scripts/train.py --parts DIR`); `thin` writes a seeded uniform sample of --fraction of
+the ratings (data/variants.py: round(fraction * R) drawn without replacement with
+--seed) and `rescale` every rating times --factor, each as one tab-separated ratings file
+(user, item, rating[, timestamp]; written atomically) for `--ratings FILE`. Format and
+split options are the data flags of scripts/train.py (`parts` also takes --seed and
+--cold-start, which its files depend on). A bad flag or --out exits with status 2, a
+malformed file with status 1; each with a one-line error naming the file (and line) and
+the fix.
 """
 
 from __future__ import annotations
@@ -56,13 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("stats", "load a dataset and print its statistics"),
                        ("split", "write a train/valid/test split to files"),
-                       ("parts", "write the split's rows as row parts (multi-process runs)")):
+                       ("parts", "write the split's rows as row parts (multi-process runs)"),
+                       ("thin", "write a seeded uniform sample of the ratings to a file"),
+                       ("rescale", "write the ratings times a factor to a file")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("source", help=f"a dataset name ({', '.join(movielens.DATASETS)}), "
                                         "a ratings file, or a Netflix folder")
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         if name in ("split", "parts"):
             sub.add_argument("--out", required=True, help="folder for the split's files")
+        if name in ("thin", "rescale"):
+            sub.add_argument("--out", required=True, help="the ratings file to write")
+        if name == "thin":
+            sub.add_argument("--fraction", type=float, required=True,
+                             help="fraction of the ratings kept, in (0, 1] (draw: --seed)")
+        if name == "rescale":
+            sub.add_argument("--factor", type=float, required=True,
+                             help="every rating is multiplied by this (> 0)")
         if name == "parts":
             sub.add_argument("--count", type=int, required=True,
                              help="number of parts: a multiple of the data devices")
@@ -148,6 +164,25 @@ def split(config: config_lib.Config, out_dir: str, as_json: bool) -> None:
         print(f"wrote {', '.join(f'{k}: {v:,}' for k, v in counts.items())} ratings to {out}")
 
 
+def variant(config: config_lib.Config, args) -> None:
+    """`thin` or `rescale`: the whole dataset transformed, one ratings file (atomic)."""
+    from autorec_jax.data import variants
+    ratings = loading.load_ratings(config.data)
+    try:
+        out = (variants.thin(ratings, args.fraction, config.seed) if args.command == "thin"
+               else variants.rescale(ratings, args.factor))
+    except ValueError as err:
+        raise ConfigError(f"--{'fraction' if args.command == 'thin' else 'factor'}: {err}")
+    path = Path(args.out).expanduser()
+    with atomic_path(path) as tmp:
+        _write_part(tmp, out)
+    record = {"source": loading.dataset_label(config.data), "command": args.command,
+              "ratings": len(out), "out": str(path),
+              **({"fraction": args.fraction, "seed": config.seed} if args.command == "thin"
+                 else {"factor": args.factor})}
+    print(json.dumps(record) if args.json else f"wrote {len(out):,} ratings to {path}")
+
+
 def _write_part(path: Path, part) -> None:
     import pandas as pd
     columns = {"user": part.user_ids[part.users], "item": part.item_ids[part.items],
@@ -170,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "(or remove it)")
         if args.command == "split":
             preflight.check_out_dir(args.out)  # before the data is loaded
+        if args.command == "thin" and not 0.0 < args.fraction <= 1.0:
+            raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
+        if args.command == "rescale" and not args.factor > 0:
+            raise ConfigError(f"--factor must be > 0, got {args.factor}")
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:
@@ -177,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             stats(config, args.json)
         elif args.command == "split":
             split(config, args.out, args.json)
+        elif args.command in ("thin", "rescale"):
+            variant(config, args)
         else:
             info = parts.write_parts(config, args.out, args.count)
             record = {"folder": str(info.folder), "parts": info.num_parts,

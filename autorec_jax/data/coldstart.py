@@ -19,6 +19,7 @@ from autorec_jax.data.ratings import Ratings, csr_order
 ORIENTATIONS = ("item", "user")
 COLD_START_RULES = ("network", "global-mean", "user-mean", "item-mean")  # or a number
 COLD_START_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")  # "3", "3.5", "-1"
+AUTO = "auto"  # `choose_rule` picks one of COLD_START_RULES on validation
 
 
 def cold_mask(train: Ratings, heldout: Ratings, orientation: str = "item") -> np.ndarray:
@@ -83,6 +84,46 @@ def fallback_values(rule: str, train: Ratings, heldout: Ratings) -> np.ndarray |
     sums = np.bincount(index, weights=ratings, minlength=size)
     means = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
     return means[at].astype(np.float32)
+
+
+def loaded_rule(rule: str) -> str:
+    """The rule a run's held-out fields are built with. "auto" trains and selects under
+    "global-mean": cold entries then add a constant to every epoch's validation error, so
+    the selected epoch is the one of the warm entries alone, as under any mean rule (the
+    network's own cold predictions, often far off on sparse data, do not steer it); the
+    rule is chosen after selection (`choose_rule`)."""
+    return "global-mean" if rule == AUTO else rule
+
+
+def choose_rule(network_cold_rmse: float, train: Ratings, valid: Ratings,
+                orientation: str = "item") -> dict:
+    """The cold-start rule of COLD_START_RULES with the lowest RMSE on `valid`'s cold
+    entries (ties: the earlier rule), for `train.cold_start` "auto".
+
+    Args:
+      network_cold_rmse: the selected network's RMSE on those entries (`evaluate`'s
+        "cold_rmse" on validation, in rating units; NaN when there are none).
+      train, valid: the run's training ratings and validation carve-out, in one id space
+        (rating units).
+      orientation: as in `cold_mask`.
+
+    Returns:
+      {"rule", "valid_cold_count", "valid_cold_rmse": {rule: RMSE}}; with no cold
+      validation entry the rule is "network" (nothing to choose on) and the RMSEs None.
+    """
+    cold = cold_mask(train, valid, orientation)
+    record = {"valid_cold_count": int(cold.sum())}
+    if not cold.any():
+        return {"rule": "network", **record,
+                "valid_cold_rmse": {r: None for r in COLD_START_RULES}}
+    target = np.asarray(valid.ratings, np.float64)[cold]
+    scores = {"network": float(network_cold_rmse)}
+    for rule in COLD_START_RULES[1:]:
+        pred = fallback_values(rule, train, valid)[cold].astype(np.float64)
+        scores[rule] = float(np.sqrt(np.mean((pred - target) ** 2)))
+    finite = {r: v for r, v in scores.items() if np.isfinite(v)}
+    best = min(finite, key=lambda r: (finite[r], COLD_START_RULES.index(r)))
+    return {"rule": best, **record, "valid_cold_rmse": scores}
 
 
 def eval_fields(rule: str, train: Ratings, heldout: Ratings,

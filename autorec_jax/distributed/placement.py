@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from autorec_jax.data import batching, coldstart, loading, parts as parts_lib
+from autorec_jax.data import batching, coldstart, loading, parts as parts_lib, scaling
 from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_fingerprint, row_matrix,
                                       select_rows)
 from autorec_jax.errors import ConfigError
@@ -33,6 +33,8 @@ class SplitFacts:
       counts: "train", "valid", "test" -> number of ratings.
       rating_range: (min, max) training rating.
       fingerprint: () -> the SHA-256 of the split (`data_fingerprint`).
+      rating_unit: the ratings on the devices are the file's divided by this
+        (`train.rating_scaling`; 1.0: unscaled); `rating_range` is in device units.
     """
 
     num_users: int
@@ -42,6 +44,7 @@ class SplitFacts:
     user_ids: np.ndarray
     item_ids: np.ndarray
     fingerprint: Callable[[], str]
+    rating_unit: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,22 +75,30 @@ def load(config, parallel: Parallel, ratings: Ratings | None = None, cache_dir=N
         return _load_parts(config, parallel, entry_fields)
     train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
     orientation = config.data.orientation
-    train_rows = row_matrix(train, orientation)
-    heldout_rows = {"test": row_matrix(test, orientation)}
+    # train.rating_scaling: the device rows are in units of `unit` (data/scaling.py); the
+    # splits kept on the host stay in rating units.
+    unit = scaling.rating_unit(config.train.rating_scaling, train.ratings)
+    train_rows = row_matrix(scaling.scaled(train, unit), orientation)
+    heldout_rows = {"test": row_matrix(scaling.scaled(test, unit), orientation)}
     if len(valid):
-        heldout_rows["valid"] = row_matrix(valid, orientation)
+        heldout_rows["valid"] = row_matrix(scaling.scaled(valid, unit), orientation)
     # Per held-out entry: cold or not, and the cold-start rule's prediction (`coldstart`).
-    cold_fields = {name: coldstart.eval_fields(config.train.cold_start, train,
+    cold_fields = {name: coldstart.eval_fields(coldstart.loaded_rule(config.train.cold_start),
+                                               train,
                                                {"test": test, "valid": valid}[name],
                                                orientation)
                    for name in heldout_rows}
+    for fields_ in cold_fields.values():
+        if "fallback" in fields_:  # a rule's value, in rating units
+            fields_["fallback"] = (fields_["fallback"] / np.float32(unit)).astype(np.float32)
     order = csr_order(train, orientation)
     fields = {name: np.asarray(fn(train), np.float32)[order]
               for name, fn in (entry_fields or {}).items()}
     facts = SplitFacts(
         num_users=train.num_users, num_items=train.num_items,
         counts={"train": len(train), "valid": len(valid), "test": len(test)},
-        rating_range=(float(train.ratings.min()), float(train.ratings.max())),
+        rating_range=(float(train.ratings.min() / np.float32(unit)),
+                      float(train.ratings.max() / np.float32(unit))), rating_unit=unit,
         user_ids=train.user_ids, item_ids=train.item_ids,
         fingerprint=lambda: data_fingerprint(
             *(np.asarray(a) for part in (train, valid, test)

@@ -158,7 +158,8 @@ def ranking_options(config: Config, facts) -> dict:
     threshold = config.train.relevance_threshold
     return dict(users_are_rows=config.data.orientation == "user", num_users=facts.num_users,
                 ks=tuple(config.train.ranking_k),
-                threshold=float(low + 0.75 * (high - low) if threshold is None else threshold))
+                threshold=float(low + 0.75 * (high - low) if threshold is None
+                                else threshold / facts.rating_unit))  # device units
 
 
 def run_epoch(experiment: Experiment, state: TrainState, batches_SxB: np.ndarray
@@ -185,10 +186,23 @@ def evaluate(experiment: Experiment, params: PyTree, names=None, *, ranking: boo
     params = experiment.parallel.replicate(params, row_width=experiment.row_width)
     placed = experiment.placed
     with experiment.compile_clock:
-        return {name: summarize(fetch(
-                    experiment.rank_fn(params, data, placed.eval_index, placed.eval_rows)
-                    if ranking else experiment.eval_fn(params, data, placed.eval_index)))
-                for name, data in placed.heldout.items() if names is None or name in names}
+        scores = {name: summarize(fetch(
+                      experiment.rank_fn(params, data, placed.eval_index, placed.eval_rows)
+                      if ranking else experiment.eval_fn(params, data, placed.eval_index)))
+                  for name, data in placed.heldout.items() if names is None or name in names}
+    return {name: _in_rating_units(score, experiment.data.facts.rating_unit)
+            for name, score in scores.items()}
+
+
+RATING_UNIT_SCORES = ("rmse", "mae", "cold_rmse", "warm_rmse")  # errors, in rating units
+
+
+def _in_rating_units(score: dict, unit: float) -> dict:
+    """`summarize`'s scores of device-unit ratings (`train.rating_scaling`) in rating units:
+    the errors times `unit`; counts and ranking metrics unchanged."""
+    if unit == 1.0:
+        return score
+    return {k: v * unit if k in RATING_UNIT_SCORES else v for k, v in score.items()}
 
 
 @dataclasses.dataclass
@@ -266,7 +280,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     shuffle = np.random.default_rng()
     shuffle.bit_generator.state = loop["shuffle_state"]
     carry = np.asarray(loop["carry"], np.int32)
-    scale = experiment.data.facts.rating_range
+    scale = tuple(v * experiment.data.facts.rating_unit
+                  for v in experiment.data.facts.rating_range)  # the scores' units
     # A resumed run that had stopped early is finished: it trains no further epoch.
     last = loop["epoch"] if _stopped_early(loop, config) else config.train.epochs
     epochs = range(loop["epoch"] + 1, last + 1)
@@ -341,23 +356,51 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + cadence.total_seconds
     seams = dict(optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
                  entry_fields=entry_fields)
+    # train.cold_start "auto": the rule is chosen now, on validation, for the chosen params.
+    choice, evaluate_fn, rule = None, None, config.train.cold_start
+    if rule == coldstart.AUTO:
+        # Selected under "global-mean" (`coldstart.loaded_rule`); the network's own cold
+        # predictions are scored on a second setup, and the chosen rule's, if another.
+        params = state.params if best_params is None else best_params
+        scoring = setup(replace(config, cold_start="network"), ratings, cache_dir, **seams)[0]
+        choice = _choose_cold_start(scoring, params)
+        rule = choice["rule"]
+        if rule not in ("network", coldstart.loaded_rule(coldstart.AUTO)):
+            scoring = setup(replace(config, cold_start=rule), ratings, cache_dir, **seams)[0]
+        if rule != coldstart.loaded_rule(coldstart.AUTO):
+            evaluate_fn = functools.partial(evaluate, scoring,
+                                            ranking=config.train.ranking != "off")
     retrained = None
     if config.train.retrain:
         retrained = _retrain(config, loop["best"]["epoch"], out_dir, ratings=ratings,
                              cache_dir=cache_dir, resume=resume, progress=progress,
-                             stop_requested=stop_requested, **seams)
+                             stop_requested=stop_requested, cold_start=rule, **seams)
     return _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
-                   retrained, **seams)
+                   retrained, evaluate_fn=evaluate_fn, cold_choice=choice, **seams)
 
 
-def _retrain(config: Config, epochs: int, out_dir, *, resume: bool, **kwargs) -> TrainResult:
-    """The selected number of epochs, from scratch (same seeds) on train + validation.
+def _choose_cold_start(experiment: Experiment, params) -> dict:
+    """`coldstart.choose_rule` for the params the run selected (`train.cold_start` auto);
+    `experiment` scores cold entries by the network (rule "network")."""
+    valid = evaluate(experiment, params, ("valid",))["valid"]
+    choice = coldstart.choose_rule(valid["cold_rmse"], experiment.train, experiment.valid,
+                                   experiment.config.data.orientation)
+    log.info("cold-start rule chosen on validation (%d cold entries): %s",
+             choice["valid_cold_count"], choice["rule"])
+    return choice
+
+
+def _retrain(config: Config, epochs: int, out_dir, *, resume: bool, cold_start: str | None = None,
+             **kwargs) -> TrainResult:
+    """The selected number of epochs, from scratch (same seeds) on train + validation, with
+    `cold_start` (the rule chosen for "auto") when given.
 
     With `data.valid_ratio` 0 the same split's training part is train + validation and its
     test part is unchanged. The run lives in `<out>/retrain` (resumable like any run).
     """
     retrain_config = replace(config, valid_ratio=0.0, early_stopping=0, select="last",
-                             retrain=False, epochs=epochs)
+                             retrain=False, epochs=epochs,
+                             cold_start=cold_start or config.train.cold_start)
     log.info("retraining on train + validation for the selected %d epoch(s)", epochs)
     folder = None if out_dir is None else Path(out_dir).expanduser() / "retrain"
     try:
@@ -386,13 +429,15 @@ def _report(bar, record) -> None:
 
 
 def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, scores,
-            retrained=None, *, evaluate_fn=None, extra=None, **seams):
+            retrained=None, *, evaluate_fn=None, extra=None, cold_choice=None, **seams):
     """Scores the chosen params on every held-out set, saves the model and the summary.
 
     With `retrained` (a `TrainResult` on train + validation), the test scores and the saved
     model are the retrained run's; validation scores stay the selected params'.
     `evaluate_fn(params, names)` replaces `evaluate(experiment, ...)` (`multi` passes the
-    scores it computed for all members at once); `extra` is added to the summary.
+    scores it computed for all members at once); `extra` is added to the summary;
+    `cold_choice` is `coldstart.choose_rule`'s record under `train.cold_start` "auto"
+    (`evaluate_fn` then scores with the chosen rule).
     """
     config = experiment.config
     evaluate_fn = evaluate_fn or functools.partial(evaluate, experiment,
@@ -401,10 +446,11 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     if retrained is not None:
         scores = {**evaluate_fn(params, ("valid",)), "test": retrained.scores["test"]}
         params = retrained.state.params
-    elif best_params is not None or "test" not in scores or (
+    elif best_params is not None or cold_choice is not None or "test" not in scores or (
             config.train.ranking != "off" and "rank_users" not in scores["test"]):
         scores = evaluate_fn(params, None)
     test, facts = scores["test"], experiment.data.facts
+    rule = config.train.cold_start if cold_choice is None else cold_choice["rule"]
     summary = {
         "config": to_dict(config),
         "test_rmse": test["rmse"], "test_mae": test["mae"], "test_count": int(test["count"]),
@@ -412,9 +458,11 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
            if "valid" in scores else {}),
         **{key: value for name in ("test", "valid") if name in scores
            for key, value in reporting.ranking_fields(name, scores[name]).items()},
-        **({"ranking": reporting.ranking_record(config, ranking_options(config, facts))}
+        **({"ranking": reporting.ranking_record(config, _threshold_in_rating_units(
+                ranking_options(config, facts), facts.rating_unit))}
            if config.train.ranking != "off" else {}),
-        **coldstart.summary_fields(config.train.cold_start, scores),
+        **coldstart.summary_fields(rule, scores),
+        **({"cold_start_choice": cold_choice} if cold_choice is not None else {}),
         "epochs_run": loop["epoch"],
         "protocol": reporting.protocol_record(config),
         "selection": ({"rule": "best " + reporting.selection_label(
@@ -452,7 +500,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     if run_dir is not None:
         reporting.write_json(run_dir / "summary.json", summary)
     cold = (f", {int(test['cold_count'])} cold: RMSE {test['cold_rmse']:.4f} by "
-            f"{config.train.cold_start}" if test["cold_count"] else "")
+            f"{rule}" if test["cold_count"] else "")
     log.info("final test RMSE %.4f  MAE %.4f  (%d test ratings%s; %.2f s training, "
              "%.1fM entries/s, %.2f s compile)", test["rmse"], test["mae"],
              int(test["count"]), cold, loop["seconds"], summary["entries_per_sec"] / 1e6,
@@ -460,6 +508,10 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
     return TrainResult(state=state, history=history, summary=summary,
                        experiment=experiment, scores=scores, params=params,
                        selected_params=selected, retrained=retrained)
+
+
+def _threshold_in_rating_units(options: dict, unit: float) -> dict:
+    return {**options, "threshold": options["threshold"] * unit}
 
 
 def _agreed(decision: bool) -> bool:

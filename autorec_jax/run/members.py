@@ -190,6 +190,11 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optim
         shape (rows, row width, steps per epoch, held-out sets, rating range when clipping).
     """
     configs = tuple(configs)
+    for index, config in enumerate(configs):
+        if config.train.cold_start == "auto" or config.train.rating_scaling != "none":
+            raise ConfigError(f"member {index}: train.cold_start 'auto' and "
+                              "train.rating_scaling are not supported by several-model runs; "
+                              "train it alone (train_and_evaluate)")
     check_members(configs, optimizer=optimizer)
     experiments = tuple(setup(c, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)[0]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from autorec_jax.config import Config
-from autorec_jax.data import loading, movielens
+from autorec_jax.data import loading, movielens, scaling
 from autorec_jax.data.ratings import Ratings, RowMatrix, row_matrix
 from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import DataError
@@ -84,14 +84,19 @@ def _blocks(config: Config, params: PyTree, rows: RowMatrix, row_index: np.ndarr
     float32 [b, N], or [b] (the column `col`) when `col` is given."""
     model = _model(config, params, rows)
     size = _block_size(config, rows.num_cols, len(row_index))
+    # train.rating_scaling: the network reads and writes ratings / unit (data/scaling.py).
+    unit = np.float32(scaling.rating_unit(config.train.rating_scaling, rows.values))
     for start in range(0, len(row_index), size):
         index = row_index[start:start + size]
         ratings_BxN = dense_rows(rows, index, size)
+        if unit != 1:
+            ratings_BxN = ratings_BxN / unit
         if col is None:
             out = _reconstruct(model, params, ratings_BxN)
         else:
             out = _reconstruct_column(model, params, ratings_BxN, np.int32(col))
-        yield start, np.asarray(out)[:len(index)]
+        out = np.asarray(out)[:len(index)]
+        yield start, out * unit if unit != 1 else out
 
 
 def predict_matrix_rows(config: Config, params: PyTree, train_rows: RowMatrix,

@@ -132,6 +132,9 @@ def check_members(configs: Sequence[Config], labels: Sequence[str]) -> None:
                     f"{name}: data.{field.name} is {mine!r} but member 0's is {theirs!r}; an "
                     "ensemble's members share one split (its data settings and split seed: "
                     "data.split_seed, else seed)")
+        if config.train.cold_start == "auto" or config.train.rating_scaling != "none":
+            raise ConfigError(f"{name}: train.cold_start 'auto' and train.rating_scaling are "
+                              "not supported by ensembles; name a rule (e.g. item-mean)")
         if config.train.cold_start != first.train.cold_start:
             raise ConfigError(f"{name}: train.cold_start is {config.train.cold_start!r} but "
                               f"member 0's is {first.train.cold_start!r}; members share one "
