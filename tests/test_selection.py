@@ -101,9 +101,10 @@ def test_best_params_never_alias_the_donated_state(tmp_path, ratings, monkeypatc
     which the next epoch donates (deletes)."""
     from autorec_jax.run import experiment as experiment_lib
 
-    def keep_the_initial_params(loop, params, best_params, epoch, valid_rmse, patience):
+    def keep_the_initial_params(loop, params, best_params, epoch, value, patience,
+                                metric="valid_rmse"):
         if loop["best"] is None:
-            loop.update(best={"epoch": epoch, "valid_rmse": valid_rmse}, bad_epochs=0)
+            loop.update(best={"epoch": epoch, metric: value}, bad_epochs=0)
         return best_params, False
 
     config = selection_config(select="best", epochs=3)
