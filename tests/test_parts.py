@@ -20,7 +20,7 @@ needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 
 def parts_config(folder=None, **overrides):
     base = dict(optimizer="sgd", lr=0.3, batch_size=16, epochs=3, last_batch="pad",
-                valid_ratio=0.2, cold_start="item-mean", parallel="jit",
+                valid_ratio=0.2, cold_start="item-mean", parallel="jit", ranking="final",
                 parts=None if folder is None else str(folder))
     base.update(overrides)
     return toy_config(**base)

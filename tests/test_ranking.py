@@ -61,7 +61,8 @@ def reference(train_UxI, heldout_UxI, scores_UxI, ks=KS, threshold=THRESHOLD):
 
 def _config(**overrides):
     return config_lib.replace(config_lib.tiny(), batch_size=8, eval_batch_size=8,
-                              ranking_k=KS, relevance_threshold=THRESHOLD, **overrides)
+                              ranking_k=KS, relevance_threshold=THRESHOLD,
+                              **{"ranking": "final", **overrides})
 
 
 def _dense_scores(experiment, params, orientation):
@@ -216,6 +217,7 @@ def test_ranking_config_is_checked():
         _config(select_metric="valid_ndcg@5", ranking="off")
     with pytest.raises(ConfigError, match="ranking_k"):
         config_lib.replace(config_lib.tiny(), ranking_k=(0,))
+    assert config_lib.tiny().train.ranking == "off"   # tests' runs skip it unless asked
 
 
 def test_compare_prefers_the_higher_ranking_metric():
