@@ -4,8 +4,8 @@ Importing the package touches no device and loads JAX only when a JAX-backed nam
 used (so `autorec_jax.data` works without it). The public API:
   config        d2l(), tiny(), paper(), honest(), Config, DataConfig, ModelConfig,
                 OptimConfig, TrainConfig, replace()
-  a run         train_and_evaluate(config, out_dir, *, optimizer=, loss_fn=, grad_transform=,
-                entry_fields=) -> TrainResult (state, history, summary, experiment, scores,
+  a run         train_and_evaluate(config, out_dir, *, model=, optimizer=, loss_fn=,
+                grad_transform=, entry_fields=) -> TrainResult (state, history, summary, experiment, scores,
                 params, selected_params, retrained);
                 setup(...) -> (Experiment, TrainState);
                 run_epoch, evaluate(experiment, params)
@@ -14,15 +14,19 @@ used (so `autorec_jax.data` works without it). The public API:
                 and loop policies may differ; each equals its run alone);
                 setup_many(configs, ...) -> (MultiExperiment, stacked TrainState);
                 run_epoch_many, evaluate_many, check_members, group_members, MembersDiffer
-  own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=),
-                create_train_state(config, N, rng, *, optimizer=), Parallel
+  own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=, model=),
+                create_train_state(config, N, rng, *, optimizer=, model=), Parallel
+  model seam    resolve_model(config, N, model), networks.init_params, forward, identity
+                (`model=`: a Flax module or (config.model, N) -> module; the contract is in
+                autorec_jax/networks.py); KernelAutoRec, KernelDense, local_kernel,
+                kernel_penalty, make_kernel_loss (kernelised AutoRec, `--model kernel`)
   step pieces   train_step, train_epoch, step_keys, compute_grads, apply_grads, norm_metrics,
                 layer_norms, TrainState, StepKeys
   loss seam     LossTerms, ModelOutputs, reconstruction_loss, masked_sse, loss_denominator,
                 observed_mask
   optimiser     create_optimizer(optim_config), encoder_decoder_labels(params),
                 scale_by_rprop(initial_step) (iRprop-)
-  research      per_row_grads(state, batch, rng, *, config, loss_fn=)
+  research      per_row_grads(state, batch, rng, *, config, loss_fn=, model=)
   model         AutoRec (forward / encode / decode), create_model, init_params,
                 low_precision_matmul(x, kernel, dtype=bf16) (bf16 inputs, float32 products,
                 forward and backward)
@@ -38,7 +42,7 @@ used (so `autorec_jax.data` works without it). The public API:
                 steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files);
                 thin(ratings, fraction, seed), rescale(ratings, factor) (variants: a seeded
                 uniform sample, ratings times a factor)
-  a saved run   load_run(dir) -> Run; top_k, predict_pairs (recommend); plot_runs
+  a saved run   load_run(dir, *, model=) -> Run (.model: the module); top_k, predict_pairs (recommend); plot_runs
   protocols     split_plan(name, config); run_protocol(config, plan, out_dir, *, ratings=,
                 train_fn=, batch_members=, **seams) -> ProtocolResult (table, test_rmse);
                 compare(a, b) (paired t of test RMSE, a - b)
@@ -94,6 +98,9 @@ _LAZY_MODULES = {
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
+    "autorec_jax.networks": ("resolve_model",),
+    "autorec_jax.kernel": ("KernelAutoRec", "KernelDense", "kernel_penalty", "local_kernel",
+                           "make_kernel_loss"),
     "autorec_jax.mixed_precision": ("low_precision_matmul",),
     "autorec_jax.run.members": ("MembersDiffer", "MultiExperiment", "check_members",
                                 "evaluate_many", "group_members", "run_epoch_many",
@@ -107,7 +114,7 @@ _LAZY_MODULES = {
     "autorec_jax.studies.sweep": ("run_grid", "summarize_grid"),
     "autorec_jax.studies.tune": ("TuneResult", "tune"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
-                          "create_train_state", "layer_norms",
+                          "create_train_state", "layer_norms", "resolve_loss",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}

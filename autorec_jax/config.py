@@ -24,6 +24,7 @@ from autorec_jax.errors import ConfigError
 # validating a config imports no data code.
 DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
 SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
+NETWORKS = ("autorec", "kernel")  # networks.builtin_model's (a test checks they match)
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -36,7 +37,7 @@ SKIP_COLUMN = "-"
 HEADER_CHOICES = ("auto", "yes", "no")
 ID_TYPES = ("auto", "int", "str")
 ORIENTATIONS = ("item", "user")
-OPTIMIZERS = ("adam", "sgd", "rprop")
+OPTIMIZERS = ("adam", "sgd", "rprop", "lbfgs")
 DECAY_STYLES = ("coupled", "decoupled")
 LAST_BATCH = ("rollover", "pad", "drop")
 LOSS_NORMALIZATIONS = ("book", "observed", "sum")
@@ -168,6 +169,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    network: str = "autorec"           # the built-in network (`--model`): "autorec" (model.py)
+                                       # or "kernel" (kernelised AutoRec, kernel.py); a Flax
+                                       # module of one's own goes through `model=` instead
     hidden: tuple[int, ...] = (500,)   # hidden layer widths, encoder first (500,250,500: deep)
     activation: str = "sigmoid"        # activation of every hidden layer (the encoder)
     output_activation: str = "identity"  # activation of the output layer (the decoder)
@@ -185,8 +189,21 @@ class ModelConfig:
                                        # backward: "float32" or "bfloat16" (params, grads,
                                        # optimiser state, activations, accumulation and the
                                        # loss stay float32)
+    kernel_dim: int = 5                # "kernel": d, the dimension of the embeddings u, v
+    lambda_s: float = 0.0              # "kernel": weight of sum ||K||^2 (the kernels' support)
+    lambda_2: float = 0.0              # "kernel": weight of sum ||W||^2 (use it with
+                                       # optim.weight_decay 0: both penalise W)
 
     def __post_init__(self):
+        _check_choice(self.network, "model.network", NETWORKS)
+        _check(_is_int(self.kernel_dim) and self.kernel_dim >= 1, "model.kernel_dim",
+               "an integer >= 1", self.kernel_dim)
+        for name in ("lambda_s", "lambda_2"):
+            value = getattr(self, name)
+            _check(_is_real(value) and value >= 0, f"model.{name}", ">= 0", value)
+        _check(self.network == "kernel" or (self.lambda_s == 0 and self.lambda_2 == 0),
+               "model.lambda_s and model.lambda_2", "0 unless model.network is kernel",
+               (self.lambda_s, self.lambda_2))
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
                and all(_is_int(h) and h > 0 for h in self.hidden),
                "model.hidden", "a non-empty tuple of positive integers", self.hidden)
@@ -216,6 +233,9 @@ class OptimConfig:
     decay_style: str = "coupled"     # "coupled": wd*w added to the gradient (MXNet, book);
                                      # "decoupled": AdamW-style, applied after the update
     decay_biases: bool = True        # decay biases too (MXNet's wd does; the paper does not)
+    lbfgs_memory: int = 10           # "lbfgs": the curvature pairs kept (optax.lbfgs's
+                                     # memory_size); its zoom line search picks the step,
+                                     # so lr is unused; full batch only
 
     def __post_init__(self):
         _check_choice(self.optimizer, "optim.optimizer", OPTIMIZERS)
@@ -230,6 +250,11 @@ class OptimConfig:
         _check_choice(self.decay_style, "optim.decay_style", DECAY_STYLES)
         _check(isinstance(self.decay_biases, bool), "optim.decay_biases", "true or false",
                self.decay_biases)
+        _check(_is_int(self.lbfgs_memory) and self.lbfgs_memory >= 1, "optim.lbfgs_memory",
+               "an integer >= 1", self.lbfgs_memory)
+        _check(self.optimizer != "lbfgs" or self.decay_style == "coupled",
+               "optim.decay_style", "coupled with optim.optimizer lbfgs (its decay is part "
+               "of the objective the line search reads)", self.decay_style)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +373,10 @@ class Config:
 
     def __post_init__(self):
         _check(_is_seed(self.seed), "seed", "an integer in [0, 2**32)", self.seed)
+        _check(self.optim.optimizer != "lbfgs" or self.train.batch_size == 0,
+               "train.batch_size", "0 (full batch) with optim.optimizer lbfgs: its line "
+               "search compares the objective at several points, which must be the same "
+               "function", self.train.batch_size)
         _check(self.train.early_stopping == 0 or self.data.valid_ratio > 0,
                "train.early_stopping", "0 unless data.valid_ratio > 0 (it watches "
                "validation RMSE; pass --valid-ratio 0.1)", self.train.early_stopping)

@@ -14,6 +14,9 @@ metric over devices and divides the summed `sum` by the normaliser that `train.l
 The batch it gets has `batch["mask"]` already AND-ed with `batch["row_mask"]`
 (`train.complete_batch`), so a per-entry term that reads the mask skips rows marked False;
 a per-row term (a penalty on the hidden code, say) must read `batch["row_mask"]` itself.
+A term of the params alone (a weight penalty, `kernel.kernel_penalty`) goes in `penalty`:
+it is counted once whatever the number of devices, and is not divided by the normaliser,
+so the objective is sum / denominator + penalty.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class LossTerms(NamedTuple):
     sum: jax.Array                  # scalar: the objective's sum over this device's rows
     count: jax.Array                # scalar: what `train.loss=observed` divides by
     metrics: dict | None = None     # extra scalar sums, psummed and logged as train/<name>
+    penalty: jax.Array | None = None  # scalar: a global term of the params alone, the same
+                                    # on every device; added once, not normalised
 
 
 LossFn = Callable[..., LossTerms]

@@ -40,6 +40,10 @@ def create_optimizer(config: OptimConfig, *, lr=None,
     lr = config.lr if lr is None else lr
     decays = bool(config.weight_decay) if weight_decay is None else True
     weight_decay = config.weight_decay if weight_decay is None else weight_decay
+    mask = None if config.decay_biases else kernels_only
+    if config.optimizer == "lbfgs":
+        tx = optax.lbfgs(learning_rate=None, memory_size=config.lbfgs_memory)
+        return with_decay_objective(tx, weight_decay, mask) if decays else tx
     if config.optimizer == "adam":
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
     elif config.optimizer == "sgd":
@@ -54,13 +58,44 @@ def create_optimizer(config: OptimConfig, *, lr=None,
     parts = [scale] if config.optimizer == "rprop" else [
         scale, optax.scale_by_learning_rate(lr)]
     if decays:
-        mask = None if config.decay_biases else kernels_only
         if config.decay_style == "coupled":
             parts.insert(0, optax.add_decayed_weights(weight_decay, mask=mask))
         else:
             # After the descent step, so the sign is the descent's: -lr * wd * w.
             parts.append(optax.add_decayed_weights(-lr * weight_decay, mask=mask))
     return optax.chain(*parts)
+
+
+def with_decay_objective(tx: optax.GradientTransformationExtraArgs, weight_decay,
+                         mask=None) -> optax.GradientTransformationExtraArgs:
+    """Coupled weight decay for a loss-aware optimiser (optax.lbfgs): the gradient gains
+    wd * w and the objective its integral (wd / 2) ||w||^2, in `value` and in every
+    `value_fn` call of the line search, so that both describe one function.
+
+    Args:
+      mask: a function of the params selecting the decayed leaves (None: all).
+    """
+    def penalty(params):
+        selected = jax.tree.leaves(_selected(params, mask))
+        return 0.5 * weight_decay * sum(jnp.sum(p * p) for p in selected)
+
+    def update_fn(grads, state, params, *, value, grad=None, value_fn, **extra):
+        grads = jax.tree.map(lambda g, w, keep: g + weight_decay * w * keep, grads, params,
+                             _keep(params, mask))
+        return tx.update(grads, state, params, value=value + penalty(params), grad=grads,
+                         value_fn=lambda p: value_fn(p) + penalty(p), **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def _keep(params: PyTree, mask) -> PyTree:
+    """1.0 where `mask(params)` selects a leaf (every leaf without a mask), else 0.0."""
+    selected = jax.tree.map(lambda _: True, params) if mask is None else mask(params)
+    return jax.tree.map(lambda s: jnp.float32(1.0 if s else 0.0), selected)
+
+
+def _selected(params: PyTree, mask) -> PyTree:
+    return jax.tree.map(lambda p, k: p * k, params, _keep(params, mask))
 
 
 class RpropState(NamedTuple):

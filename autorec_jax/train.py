@@ -21,7 +21,7 @@ from autorec_jax.config import Config
 from autorec_jax.errors import ConfigError
 from autorec_jax.losses import (LossFn, ModelOutputs, loss_denominator, observed_mask,
                                 reconstruction_loss)
-from autorec_jax.model import create_model, init_params
+from autorec_jax import networks
 from autorec_jax.optim import create_optimizer
 from autorec_jax.collectives import axis_index_if, psum_if, pvary_if
 from autorec_jax.rows import DeviceRows, densify_fields
@@ -50,18 +50,24 @@ def resolve_optimizer(config: Config, optimizer=None) -> optax.GradientTransform
 
 
 def create_train_state(config: Config, num_outputs: int, rng: jax.Array, *,
-                       optimizer=None) -> TrainState:
+                       optimizer=None, model=None) -> TrainState:
     """A fresh state for rows of width `num_outputs` (N).
 
     Args:
       optimizer: replaces the config's optimiser: an optax.GradientTransformation, or a
         function of `config.optim` returning one.
+      model: replaces the config's network: a Flax module or a function (config.model, N)
+        -> module (the contract: `autorec_jax.networks`); `state.apply_fn` is its apply.
     """
-    model = create_model(config.model, num_outputs)
-    state = TrainState.create(apply_fn=model.apply, params=init_params(model, rng),
+    module = networks.resolve_model(config, num_outputs, model)
+    state = TrainState.create(apply_fn=module.apply,
+                              params=networks.init_params(module, rng, num_outputs),
                               tx=resolve_optimizer(config, optimizer))
-    # An int32 array from the start, as every step returns it: one compiled signature.
-    return state.replace(step=jnp.zeros((), jnp.int32))
+    # An int32 array from the start, as every step returns it: one compiled signature. Each
+    # leaf its own buffer: an optimiser's init may share one (optax.lbfgs's zeros), and a
+    # donating step cannot take one buffer twice.
+    return state.replace(step=jnp.zeros((), jnp.int32),
+                         opt_state=jax.tree.map(jnp.copy, state.opt_state))
 
 
 class StepKeys(NamedTuple):
@@ -82,8 +88,19 @@ def model_outputs(apply_fn: Callable, params: PyTree, ratings_BxN: jax.Array,
                   dropout_rng: jax.Array, row_ids: jax.Array | None = None) -> ModelOutputs:
     """The training-mode forward pass: reconstruction and hidden activations."""
     pred_BxN, hidden = apply_fn({"params": params}, ratings_BxN, train=True, row_ids=row_ids,
-                                rngs={"dropout": dropout_rng}, method="forward")
+                                rngs={"dropout": dropout_rng}, method=networks.forward)
     return ModelOutputs(pred=pred_BxN, hidden=hidden)
+
+
+def resolve_loss(config: Config, loss_fn: LossFn | None = None) -> LossFn:
+    """The loss a step minimises: `loss_fn` (default: the masked reconstruction loss), with
+    the kernel penalty of `config.model` added when the network is "kernel"."""
+    loss_fn = loss_fn or reconstruction_loss
+    model = config.model
+    if model.network == "kernel" and (model.lambda_s > 0 or model.lambda_2 > 0):
+        from autorec_jax.kernel import make_kernel_loss
+        return make_kernel_loss(model.lambda_s, model.lambda_2, loss_fn)
+    return loss_fn
 
 
 def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys, *,
@@ -102,41 +119,107 @@ def compute_grads(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys
 
     Returns:
       (grads of loss = sum / denominator, identical on every device;
-       {"loss", "loss_sum", "loss_count", "rows", "observed", "train/<name>"...}).
+       {"loss", "loss_sum", "loss_count", "penalty", "rows", "observed",
+        "train/<name>"...}); loss = loss_sum / denominator + penalty).
     """
-    loss_fn = loss_fn or reconstruction_loss
+    loss_fn = resolve_loss(config, loss_fn)
     batch = complete_batch(batch)
 
     def local_sum(params):
         outputs = model_outputs(state.apply_fn, params, batch["ratings"], keys.dropout)
         terms = loss_fn(outputs, batch, params=params, rng=keys.loss)
-        return terms.sum, (terms.count, terms.metrics or {})
+        penalty = jnp.zeros((), jnp.float32) if terms.penalty is None else terms.penalty
+        return (terms.sum, penalty), (terms.count, terms.metrics or {})
 
     # Forward pass, then the normaliser from counts summed over devices, then the backward
     # pass seeded with 1/denominator (the gradients come out scaled, with no extra pass over
     # them), then ONE psum of the local gradients: exact on any split of rows over devices.
     # The params are marked varying over the devices (a no-op on one device and under pmap)
     # so that under shard_map's check_vma autodiff does not psum their gradients itself.
-    local, backward, (count, extra) = jax.vjp(local_sum, pvary_if(state.params, axis_name),
-                                              has_aux=True)
+    # A penalty (the same on every device) is seeded with 1 / devices: counted once.
+    (local, penalty), backward, (count, extra) = jax.vjp(
+        local_sum, pvary_if(state.params, axis_name), has_aux=True)
     num_rows = jnp.sum(batch["row_mask"], dtype=jnp.float32)
     num_observed = jnp.sum(batch["mask"], dtype=jnp.float32)
-    loss_sum, count, extra, num_rows, num_observed = psum_if(
-        (local, count, extra, num_rows, num_observed), axis_name)
+    loss_sum, count, extra, num_rows, num_observed, penalty_sum, num_devices = psum_if(
+        (local, count, extra, num_rows, num_observed, penalty, jnp.ones((), jnp.float32)),
+        axis_name)
     denominator = loss_denominator(config.train.loss, num_rows=num_rows,
                                    num_observed=jax.lax.stop_gradient(count),
                                    row_width=batch["ratings"].shape[1])
-    (grads,) = backward(jnp.ones_like(local) / denominator)
+    (grads,) = backward((jnp.ones_like(local) / denominator,
+                         jnp.ones_like(penalty) / num_devices))
     grads = psum_if(grads, axis_name)
-    metrics = {"loss": loss_sum / denominator, "loss_sum": loss_sum, "loss_count": count,
+    penalty = penalty_sum / num_devices
+    metrics = {"loss": loss_sum / denominator + penalty, "loss_sum": loss_sum,
+               "loss_count": count, "penalty": penalty,
                "rows": num_rows, "observed": num_observed,
                **{f"train/{name}": value for name, value in extra.items()}}
     return grads, metrics
 
 
-def apply_grads(state: TrainState, grads: PyTree) -> tuple[TrainState, PyTree]:
-    """One optimiser update; returns (new state, the updates applied)."""
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+def objective_fn(state: TrainState, batch: dict[str, jax.Array], keys: StepKeys, *,
+                 config: Config, loss_fn: LossFn | None = None,
+                 axis_name: str | None = None) -> Callable[[PyTree], jax.Array]:
+    """params -> the loss `compute_grads` differentiates (sum / denominator + penalty, summed
+    over devices; the same batch, dropout masks and keys): the `value_fn` a loss-aware
+    optimiser's line search calls (optax.lbfgs). Its value and its gradient (local
+    gradients, one psum, as `compute_grads`) are the same on every device, so a line search
+    takes the same branches everywhere."""
+    loss_fn = resolve_loss(config, loss_fn)
+    batch = complete_batch(batch)
+    row_width = batch["ratings"].shape[1]
+
+    def local_terms(params):  # params: marked varying over the devices
+        outputs = model_outputs(state.apply_fn, params, batch["ratings"], keys.dropout)
+        terms = loss_fn(outputs, batch, params=params, rng=keys.loss)
+        penalty = jnp.zeros((), jnp.float32) if terms.penalty is None else terms.penalty
+        return terms.sum, penalty, terms.count
+
+    def local_objective(params, inverse_denominator, inverse_devices):
+        local, penalty, _ = local_terms(params)
+        return local * inverse_denominator + penalty * inverse_devices
+
+    def normalisers(params):  # 1 / denominator and 1 / devices (counts: no gradient)
+        _, _, count = local_terms(params)
+        count, rows, devices = psum_if((jax.lax.stop_gradient(count), jnp.sum(
+            batch["row_mask"], dtype=jnp.float32), jnp.ones((), jnp.float32)), axis_name)
+        denominator = loss_denominator(config.train.loss, num_rows=rows, num_observed=count,
+                                       row_width=row_width)
+        return 1.0 / denominator, 1.0 / devices
+
+    @jax.custom_vjp
+    def value_fn(params):
+        varying = pvary_if(params, axis_name)
+        return psum_if(local_objective(varying, *normalisers(varying)), axis_name)
+
+    def forward(params):
+        return value_fn(params), params
+
+    def backward(params, cotangent):
+        varying = pvary_if(params, axis_name)
+        scale = jax.tree.map(jax.lax.stop_gradient, normalisers(varying))
+        grads = jax.grad(local_objective)(varying, *scale)
+        return (jax.tree.map(lambda g: g * cotangent, psum_if(grads, axis_name)),)
+
+    value_fn.defvjp(forward, backward)
+    return value_fn
+
+
+def apply_grads(state: TrainState, grads: PyTree, *, value: jax.Array | None = None,
+                value_fn: Callable[[PyTree], jax.Array] | None = None
+                ) -> tuple[TrainState, PyTree]:
+    """One optimiser update; returns (new state, the updates applied).
+
+    `value` (the loss at `state.params`) and `value_fn` (`objective_fn`) reach an optimiser
+    that takes extra arguments (optax's GradientTransformationExtraArgs: optax.lbfgs reads
+    them, the others ignore them).
+    """
+    if value_fn is not None and isinstance(state.tx, optax.GradientTransformationExtraArgs):
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                             value=value, grad=grads, value_fn=value_fn)
+    else:
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), updates
 
@@ -184,8 +267,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                                    axis_name=axis_name)
     if grad_transform is not None:
         grads = grad_transform(grads, params=state.params, rng=keys.grads)
-    # 4. Update; weight decay is part of the optimiser, applied once after the reduction.
-    new_state, updates = apply_grads(state, grads)
+    # 4. Update; weight decay is part of the optimiser, applied once after the reduction. A
+    # loss-aware optimiser (optax.lbfgs) also gets the loss and the objective as a function.
+    new_state, updates = apply_grads(state, grads, value=metrics["loss"], value_fn=objective_fn(
+        state, batch, keys, config=config, loss_fn=loss_fn, axis_name=axis_name))
     # 5. Metrics: reduced scalars and norms.
     norms = jax.lax.cond(
         with_norms, lambda: norm_metrics(grads, updates, new_state.params),

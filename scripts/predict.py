@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None, *, load_run=None) -> int:
         train = recommend.training_ratings(config, user_ids=run.user_ids,
                                            item_ids=run.item_ids)
         predictions = recommend.predict_pairs(config, run.params, train, users, items,
-                                              cold_start=args.cold_start)
+                                              cold_start=args.cold_start, model=run.model)
         recommend.write_predictions(args.out, users, items, predictions)
     except (AutoRecError, OSError) as err:
         print(f"{parser.prog}: error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None, *, load_run=None) -> int:
                                f"config's {config.data.orientation!r}")
         train = recommend.training_ratings(config, user_ids=run.user_ids,
                                            item_ids=run.item_ids)
-        best = recommend.top_k(config, run.params, train, args.user, args.top)
+        best = recommend.top_k(config, run.params, train, args.user, args.top,
+                               model=run.model)
         try:
             titles = recommend.item_titles(config)
         except AutoRecError as err:

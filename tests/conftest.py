@@ -44,3 +44,46 @@ def pytest_sessionfinish(session):
     # The controller (not an xdist worker) removes the run's cache once every worker is done.
     if _CACHE is not None and not hasattr(session.config, "workerinput"):
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+# Tests of the loop, the scripts and the policies (Python-level logic, no version-specific
+# JAX path) that cost the most (>= ~6 s each on a 2-core CPU, `pytest --durations`). They run
+# in the README's command; CI's second Python (3.13, `.ci/run`) skips them (`-m "not slow"`)
+# and keeps every parallel-mode, numerics and seam test, to stay inside CI's time limit.
+SLOW_TESTS = frozenset({
+    "test_cli_exits_2_when_jax_fell_back_to_the_cpu_beside_a_tpu",
+    "test_ctrl_c_during_training_stops_after_the_epoch_and_saves_it",
+    "test_ensemble_script_end_to_end",
+    "test_main_ends_with_the_test_rmse_line",
+    "test_layer_norms_prints_the_historys_per_layer_grad_norms",
+    "test_progress_bar_shows_loss_rmse_and_rate_instead_of_epoch_lines",
+    "test_protocol_and_compare_scripts_end_to_end",
+    "test_sweep_cli_bad_input_exits_2_with_one_line",
+    "test_train_cli_refuses_a_used_folder_and_an_out_file_before_loading",
+    "test_train_cli_success_path",
+    "test_random_files_parse_correctly_or_raise_data_error",
+    "test_interrupted_and_resumed_run_equals_the_uninterrupted_one",
+    "test_resume_with_another_config_or_a_damaged_checkpoint_is_refused",
+    "test_noisy_test_targets_leave_every_selection_unchanged",
+    "test_select_best_keeps_the_best_validation_epoch_of_the_whole_run",
+    "test_retrain_trains_on_train_plus_validation_for_the_selected_epochs",
+    "test_rows_equal_single_runs_of_the_same_config",
+    "test_seeds_and_float_settings_train_together_and_equal_runs_one_at_a_time",
+    "test_run_protocol_rows_equal_separate_runs",
+    "test_members_on_other_splits_and_a_run_folder_each",
+    "test_members_share_one_split_and_report_their_runs_scores",
+    "test_preset_runs_state_their_protocol",
+    "test_a_run_without_selection_reports_the_final_ranking",
+    "test_train_cli_refuses_a_model_too_big_for_memory_in_one_line",
+    "test_train_and_evaluate_writes_metrics_and_summary",
+    "test_metrics_jsonl_has_per_layer_norms_every_epoch",
+    "test_train_cli_with_an_empty_test_split_exits_1_with_one_line",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -193,6 +193,7 @@ class Run:
     item_ids: np.ndarray
     orientation: str
     summary: dict | None = None
+    model: object = None
 
 
 def load_script(name):

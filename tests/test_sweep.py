@@ -215,6 +215,7 @@ def sweep_cli(*args):
             "--batch-size", "8", "--parallel", "jit", *args]
 
 
+@pytest.mark.full
 def test_sweep_cli_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(tmp_path, ratings_file):
     # One split for every seed, so that the runs of a width share their compiled calls.
     args = sweep_cli("--ratings", str(ratings_file), "--grid", "hidden", "--settings",

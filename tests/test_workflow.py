@@ -205,9 +205,10 @@ def _umask():
     return mask
 
 
+@pytest.mark.full
 def test_train_cli_sigkill_at_any_moment_then_resume_gives_the_same_result(tmp_path,
                                                                            ratings_file):
-    epochs = 120
+    epochs = 40
     args = [*CLI, "--ratings", str(ratings_file), "--epochs", str(epochs), "--hidden", "64",
             "--valid-ratio", "0.2", "--checkpoint-every", "3", "--quiet"]
     whole = train_cli(*args, "--out", str(tmp_path / "whole"))
@@ -232,6 +233,7 @@ def test_train_cli_sigkill_at_any_moment_then_resume_gives_the_same_result(tmp_p
     assert min(killed_at) < epochs  # at least one kill landed mid-run
 
 
+@pytest.mark.full
 def test_train_cli_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(tmp_path,
                                                                            ratings_file):
     run = tmp_path / "run"

@@ -10,12 +10,13 @@ import jax
 from autorec_jax.config import Config
 from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.losses import LossFn
+from autorec_jax.networks import resolve_model
 from autorec_jax.train import GradTransform, TrainState, complete_batch, train_step
 
 
 def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
                     loss_fn: LossFn | None = None, grad_transform: GradTransform | None = None,
-                    donate: bool = True) -> Callable:
+                    model=None, donate: bool = True) -> Callable:
     """A compiled `train_step` for the caller's own loop on the caller's own dense batches.
 
     Returns `step_fn(state, batch, rng) -> (state, metrics)`, a `jax.jit` function (it
@@ -26,7 +27,9 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
     never branches on the mode. Place the state once with
     `step_fn.parallel.replicate(state, row_width=N)` (N: a row's width; with a model axis
     it splits the N-sized axes). With `donate`, the old state is deleted by each call: never
-    reuse it.
+    reuse it. `model` (a Flax module or a function (config.model, N) -> module, see
+    `autorec_jax.networks`) replaces the state's `apply_fn`; without it the step runs the
+    module the state was created with (`create_train_state(..., model=)`).
     """
     parallel = Parallel.create(parallel, config.train.model_parallel)
     compiled = parallel.compile(
@@ -35,6 +38,9 @@ def make_train_step(config: Config, *, parallel: "str | Parallel" = "auto",
         in_axes=(None, 0, None), donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        if model is not None:
+            width = jax.numpy.shape(batch["ratings"])[1]
+            state = state.replace(apply_fn=resolve_model(config, width, model).apply)
         return compiled(state, parallel.split_rows(complete_batch(batch)), rng)
 
     step_fn = jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -125,10 +125,13 @@ def load_params(path: str | Path, abstract_params: PyTree | None = None) -> PyTr
     return _load(path / "params", _on_first_device(abstract_params))
 
 
-def write_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str) -> None:
-    """Records the run's config and data fingerprint in run_dir/run.json (atomically)."""
+def write_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str, *,
+                       model: dict | None = None) -> None:
+    """Records the run's config, data fingerprint and model identity (`networks.identity`)
+    in run_dir/run.json (atomically)."""
     reporting.write_json(Path(run_dir) / "run.json",
-                         {"config": config_dict, "data_fingerprint": fingerprint})
+                         {"config": config_dict, "data_fingerprint": fingerprint,
+                          **({"model": model} if model is not None else {})})
 
 
 def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str) -> None:

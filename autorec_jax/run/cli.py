@@ -64,6 +64,10 @@ def _value_parser(annotation: str):
     return parse_value
 
 
+# Short names for fields whose own is less natural on a command line.
+FLAG_ALIASES = {"network": ["--model"]}
+
+
 def _fields():
     """(group or None, field) for every config field, groups first."""
     for group in config_lib.GROUPS:
@@ -85,6 +89,7 @@ def add_config_flags(parser: argparse.ArgumentParser, groups=None) -> None:
             defaults, field.name)
         dashed = field.name.replace("_", "-")
         names = [f"--{dashed}"] + ([f"--{group}.{dashed}"] if group else [])
+        names += FLAG_ALIASES.get(field.name, [])
         if dashed != field.name:
             names += [f"--{field.name}"] + ([f"--{group}.{field.name}"] if group else [])
         parser.add_argument(*names, dest=f"override:{group or ''}.{field.name}",

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from autorec_jax import networks
 from autorec_jax.run import checkpoint, policies, preflight, reporting, run_folder, runtime
 from autorec_jax.data import coldstart
 from autorec_jax.distributed import placement
@@ -61,6 +62,7 @@ class Experiment:
     train_epoch_fn: Callable
     eval_fn: Callable
     rank_fn: Callable              # `eval_fn` with the ranking metrics, from the same pass
+    model: Any = None              # the Flax module trained (`networks.resolve_model`)
     compile_clock: CompileClock = dataclasses.field(default_factory=CompileClock)
 
     @property
@@ -83,7 +85,7 @@ class Experiment:
 
 
 def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
-          optimizer=None, loss_fn: LossFn | None = None,
+          model=None, optimizer=None, loss_fn: LossFn | None = None,
           grad_transform: GradTransform | None = None,
           entry_fields: EntryFields | None = None) -> tuple[Experiment, TrainState]:
     """Loads and splits the data, places it on the device(s), builds the compiled calls.
@@ -94,6 +96,8 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     stops the run here (`runtime.check_accelerator`) unless `config.train.allow_cpu`.
 
     Args:
+      model: replaces the config's network: a Flax module or a function (config.model, N)
+        -> module (the contract: `autorec_jax.networks`).
       optimizer: replaces the config's optimiser (see `train.create_train_state`).
       loss_fn: replaces the masked reconstruction loss (contract: `autorec_jax.losses`).
       grad_transform: `(grads, *, params, rng) -> grads` before the optimiser.
@@ -107,14 +111,17 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     runtime.check_accelerator(config.train.allow_cpu)
     parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
     data = placement.load(config, parallel, ratings, cache_dir, entry_fields)
-    preflight.check_memory(config, data.num_rows, data.num_cols,
-                           available_bytes=_device_memory(), num_ratings=data.local_ratings)
+    if model is None and config.model.network == "autorec":  # the estimate knows AutoRec
+        preflight.check_memory(config, data.num_rows, data.num_cols,
+                               available_bytes=_device_memory(),
+                               num_ratings=data.local_ratings)
     batch_size = placement.rows_per_step(config, data)
     steps = placement.steps_per_epoch(config, data, batch_size)
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
     # Built under jit straight into its layout: each device holds only its shard.
+    module = networks.resolve_model(config, data.num_cols, model)
     state = parallel.build(lambda rng: create_train_state(config, data.num_cols, rng,
-                                                          optimizer=optimizer),
+                                                          optimizer=optimizer, model=module),
                            init_rng, row_width=data.num_cols)
     placed = placement.place(data, parallel, config.train.eval_batch_size)
     data_axis = None if placed.layout == "replicated" else 0
@@ -142,7 +149,7 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
         batch_size=batch_size, row_width=data.num_cols, num_rows=data.num_rows,
         data=data, placed=placed, step_rng=parallel.replicate(step_rng),
         shuffle_seed=np.asarray(jax.random.key_data(shuffle_rng)),
-        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn, rank_fn=rank_fn)
+        train_epoch_fn=train_epoch_fn, eval_fn=eval_fn, rank_fn=rank_fn, model=module)
     return experiment, state
 
 
@@ -220,8 +227,8 @@ class TrainResult:
 
 
 def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
-                       ratings: Ratings | None = None, cache_dir=None, optimizer=None,
-                       loss_fn: LossFn | None = None,
+                       ratings: Ratings | None = None, cache_dir=None, model=None,
+                       optimizer=None, loss_fn: LossFn | None = None,
                        grad_transform: GradTransform | None = None,
                        entry_fields: EntryFields | None = None, resume: bool = False,
                        overwrite: bool = False, progress: bool = False,
@@ -235,8 +242,9 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         at the last, model/ (the params the run chose) and summary.json at the end.
       ratings: use these ratings instead of loading `config.data.dataset`.
       cache_dir: dataset cache folder (default: $AUTOREC_JAX_DATA or ~/.cache/autorec_jax).
-      optimizer, loss_fn, grad_transform, entry_fields: the research seams (see `setup`);
-        a resumed run must be given the same ones.
+      model, optimizer, loss_fn, grad_transform, entry_fields: the research seams (see
+        `setup`); a resumed run must be given the same ones (a run folder records the
+        model's identity and refuses another).
       resume: continue the run in `out_dir` from its latest checkpoint (from scratch when it
         has none); the result equals an uninterrupted run's.
       overwrite: replace a previous run in `out_dir` instead of refusing it.
@@ -257,7 +265,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     save_dir = run_dir if run_dir is not None or out_dir is None else Path(
         out_dir).expanduser()
     log.debug("config: %s", to_dict(config))
-    experiment, state = setup(config, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
+    experiment, state = setup(config, ratings, cache_dir, model=model, optimizer=optimizer,
+                              loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)
     log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
              "%s on %d %s device(s)", loading.dataset_label(config.data),
@@ -354,8 +363,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
     if bar is not None:
         bar.close()
     loop["checkpoint_seconds"] = loop.get("checkpoint_seconds", 0.0) + cadence.total_seconds
-    seams = dict(optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
-                 entry_fields=entry_fields)
+    seams = dict(model=model, optimizer=optimizer, loss_fn=loss_fn,
+                 grad_transform=grad_transform, entry_fields=entry_fields)
     # train.cold_start "auto": the rule is chosen now, on validation, for the chosen params.
     choice, evaluate_fn, rule = None, None, config.train.cold_start
     if rule == coldstart.AUTO:
@@ -482,6 +491,7 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         "checkpoint_seconds": loop.get("checkpoint_seconds", 0.0),
         "parallel": experiment.parallel.mode, "num_devices": experiment.parallel.num_devices,
         "matmul_precision": config.model.matmul_precision,
+        "model": networks.identity(experiment.model)["class"],
         "seams": {name: _describe(value) for name, value in seams.items()
                   if value is not None},
         "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,

@@ -26,7 +26,8 @@ from autorec_jax.distributed.parallel import Parallel, fetch
 from autorec_jax.distributed.placement import take_rows
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData, eval_blocks, rank_blocks, summarize
-from autorec_jax.model import DropoutRate, create_model, init_params
+from autorec_jax import networks
+from autorec_jax.model import DropoutRate
 from autorec_jax.optim import create_optimizer
 from autorec_jax.rows import to_device_rows
 from autorec_jax.run.experiment import ranking_options, setup
@@ -92,6 +93,9 @@ def check_members(configs: Sequence[Config], *, optimizer=None) -> None:
         if config.data.parts:
             raise ConfigError(f"member {index} trains on data.parts; train_many takes "
                               "members on whole splits")
+        if config.optim.optimizer == "lbfgs":
+            raise MembersDiffer(f"member {index} uses optim.optimizer lbfgs, whose line "
+                                "search does not run vmapped here; train it alone")
         if config.train.model_parallel != 1:
             raise ConfigError("train_many does not shard the model axis: set "
                               "train.model_parallel 1")
@@ -176,8 +180,8 @@ def _optimizer(configs, optimizer):
     return injected(configs[0]), [injected(c) for c in configs]
 
 
-def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optimizer=None,
-               loss_fn=None, grad_transform=None, entry_fields=None
+def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, model=None,
+               optimizer=None, loss_fn=None, grad_transform=None, entry_fields=None
                ) -> tuple[MultiExperiment, TrainState]:
     """Sets up K members for one compiled step; returns (experiment, stacked states).
 
@@ -196,7 +200,8 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optim
                               "train.rating_scaling are not supported by several-model runs; "
                               "train it alone (train_and_evaluate)")
     check_members(configs, optimizer=optimizer)
-    experiments = tuple(setup(c, ratings, cache_dir, optimizer=optimizer, loss_fn=loss_fn,
+    experiments = tuple(setup(c, ratings, cache_dir, model=model, optimizer=optimizer,
+                              loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)[0]
                         for c in configs)
     first = experiments[0]
@@ -217,14 +222,19 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, optim
     states = []
     for config, member_tx in zip(configs, member_txs):
         init_rng = jax.random.split(jax.random.key(config.seed), 3)[0]
-        params = init_params(create_model(config.model, num_cols), init_rng)
+        params = networks.init_params(networks.resolve_model(config, num_cols, model),
+                                      init_rng, num_cols)
         states.append((params, member_tx.init(params)))
-    model = create_model(configs[0].model, num_cols)
+    rates = [c.model.dropout for c in configs]
+    model = first.model
+    if len(set(rates)) > 1 and "dropout" not in getattr(type(model), "__dataclass_fields__",
+                                                        {}):
+        raise MembersDiffer(f"members differ in model.dropout but the model "
+                            f"{type(model).__name__} has no dropout field to trace")
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     state = TrainState(step=jnp.zeros((len(configs),), jnp.int32), apply_fn=model.apply,
                        params=stacked[0], tx=tx, opt_state=stacked[1])
     state = parallel.replicate(state)
-    rates = [c.model.dropout for c in configs]
     hyper = {"dropout": None if len(set(rates)) == 1 else pad_stack(
         [DropoutRate.of(r) for r in rates])}
     layout = "shares" if parallel.shares_rows else "replicated"

@@ -53,8 +53,8 @@ PyTree = Any
 
 
 def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, ratings=None,
-               cache_dir=None, optimizer=None, loss_fn=None, grad_transform=None,
-               entry_fields=None, overwrite: bool = False,
+               cache_dir=None, model=None, optimizer=None, loss_fn=None,
+               grad_transform=None, entry_fields=None, overwrite: bool = False,
                stop_requested: Callable[[], bool] | None = None,
                diverged: str = "raise") -> list:
     """Trains K members in one compiled step per epoch; one `TrainResult` each.
@@ -71,7 +71,7 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
       configs: the members (`check_members` says which may share a step).
       out_dirs: None, or one run folder (or None) per member: metrics.jsonl/.csv after each
         epoch, model/ and summary.json at the end, retrain/ when retraining.
-      ratings, cache_dir, optimizer, loss_fn, grad_transform, entry_fields: as for
+      ratings, cache_dir, model, optimizer, loss_fn, grad_transform, entry_fields: as for
         `train_and_evaluate`, shared by every member.
       overwrite: replace previous runs in the folders.
       stop_requested: polled after each epoch; True raises TrainingInterrupted.
@@ -93,8 +93,8 @@ def train_many(configs: Sequence[Config], out_dirs: Sequence | None = None, *, r
         d, overwrite=overwrite) for d in out_dirs]
     save_dirs = [r if r is not None or d is None else Path(d).expanduser()
                  for r, d in zip(run_dirs, out_dirs)]
-    seams = dict(optimizer=optimizer, loss_fn=loss_fn, grad_transform=grad_transform,
-                 entry_fields=entry_fields)
+    seams = dict(model=model, optimizer=optimizer, loss_fn=loss_fn,
+                 grad_transform=grad_transform, entry_fields=entry_fields)
     multi, states = setup_many(configs, ratings, cache_dir, **seams)
     K, exps = multi.size, multi.experiments
     log.info("%d members in one compiled step: %s on %d device(s)", K, multi.parallel.mode,
@@ -213,7 +213,8 @@ def _finish_members(multi, final, best, loops, histories, scores, errors, run_di
     """Scores every member's chosen params in one evaluation, retrains those that retrain
     (together, `train_many`), and writes each member's model and summary."""
     configs, K = multi.configs, multi.size
-    seams = {n: kwargs[n] for n in ("optimizer", "loss_fn", "grad_transform", "entry_fields")}
+    seams = {n: kwargs[n] for n in ("model", "optimizer", "loss_fn", "grad_transform",
+                                    "entry_fields")}
     ok = [k for k in range(K) if errors[k] is None]
     # A diverged member's slot scores another member's params (and is ignored).
     chosen = [best[k] if best[k] is not None else final[k].params

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 
+from autorec_jax import networks
 from autorec_jax.run import checkpoint, preflight, reporting
 from autorec_jax.config import to_dict
 from autorec_jax.errors import CheckpointError, ConfigError
@@ -82,9 +83,15 @@ def open_run(run_dir, experiment, state, best_params, loop, resume) -> tuple[int
     # The kept checkpoints, one being written, the model: refused now, not mid-run.
     preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
     epoch = checkpoint.latest(run_dir) if resume else None
+    model = networks.identity(experiment.model)
     if resume and (run_dir / "run.json").exists():
         checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
-    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint)
+        try:
+            networks.check_same(checkpoint.read_json(run_dir / "run.json").get("model"),
+                                experiment.model, f"{run_dir}: cannot resume: the run")
+        except ConfigError as error:
+            raise CheckpointError(str(error)) from None
+    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint, model=model)
     ids = {"orientation": config.data.orientation,
            "users": experiment.data.facts.user_ids.tolist(),
            "items": experiment.data.facts.item_ids.tolist()}

@@ -11,7 +11,7 @@ import numpy as np
 
 from autorec_jax.config import Config, config_from_dict
 from autorec_jax.errors import AutoRecError, CheckpointError
-from autorec_jax.model import create_model, init_params
+from autorec_jax import networks
 from autorec_jax.run.checkpoint import load_params, read_json
 
 PyTree = Any
@@ -26,17 +26,24 @@ class Run:
     item_ids: np.ndarray     # raw item ids
     orientation: str         # "item": rows are items, width len(user_ids); "user": swapped
     summary: dict | None     # summary.json, when the run wrote one
+    model: Any = None        # the Flax module whose params these are (`networks`)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, *, model=None) -> Run:
     """Loads run.json, ids.json, model/ and summary.json without needing the model's code path.
 
+    Args:
+      model: the module the run was trained with when it was not the config's network (a
+        Flax module or a function (config.model, N) -> module, as given to training).
+
     Raises:
-      CheckpointError: a missing or unreadable file, naming it.
+      CheckpointError: a missing or unreadable file, naming it; a `model` other than the
+        run's (run.json records which module made it).
     """
     run_dir = Path(run_dir)
     try:
-        config = config_from_dict(read_json(run_dir / "run.json").get("config", {}))
+        identity = read_json(run_dir / "run.json")
+        config = config_from_dict(identity.get("config", {}))
     except AutoRecError as error:
         raise CheckpointError(f"{run_dir / 'run.json'}: {error}") from None
     ids = read_json(run_dir / "ids.json")
@@ -46,10 +53,16 @@ def load_run(run_dir: str | Path) -> Run:
         raise CheckpointError(f"{run_dir / 'ids.json'}: needs lists users and items and "
                               f"orientation {config.data.orientation!r} (run.json's)")
     width = len(ids["users"] if orientation == "item" else ids["items"])
+    try:
+        module = networks.resolve_model(config, width, model)
+        networks.check_same(identity.get("model"), module, f"{run_dir}")
+    except AutoRecError as error:
+        raise CheckpointError(str(error)) from None
     abstract = jax.eval_shape(
-        lambda: init_params(create_model(config.model, width), jax.random.key(0)))
+        lambda: networks.init_params(module, jax.random.key(0), width))
     summary_path = run_dir / "summary.json"
     return Run(config=config, params=load_params(run_dir / "model", abstract),
                user_ids=np.asarray(ids["users"]), item_ids=np.asarray(ids["items"]),
                orientation=orientation,
-               summary=read_json(summary_path) if summary_path.exists() else None)
+               summary=read_json(summary_path) if summary_path.exists() else None,
+               model=module)

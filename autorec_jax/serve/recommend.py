@@ -4,6 +4,8 @@ Everything reads the TRAINING ratings of the run (re-derived from its config by
 `training_ratings`), as the evaluator does: a prediction is the network's reconstruction of
 a training row in inference mode. Rows are densified on the host one block at a time, so no
 dense rows x cols matrix is ever built. Raw ids go in and come out; indices stay inside.
+Every function takes `model=`: the Flax module of the params when it is not the config's
+network (`load_run(...).model` holds it; the contract: `autorec_jax.networks`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import flax
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -24,7 +29,7 @@ from autorec_jax.data import loading, movielens, scaling
 from autorec_jax.data.ratings import Ratings, RowMatrix, row_matrix
 from autorec_jax.fileio import atomic_write_bytes
 from autorec_jax.errors import DataError
-from autorec_jax.model import AutoRec, create_model
+from autorec_jax import networks
 
 PyTree = Any
 # Dense entries per block (64 MiB of float32): bounds host and device memory whatever N is.
@@ -32,12 +37,12 @@ BLOCK_ENTRIES = 1 << 24
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _reconstruct(model: AutoRec, params: PyTree, ratings_BxN: jax.Array) -> jax.Array:
+def _reconstruct(model: nn.Module, params: PyTree, ratings_BxN: jax.Array) -> jax.Array:
     return model.apply({"params": params}, ratings_BxN, train=False)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _reconstruct_column(model: AutoRec, params: PyTree, ratings_BxN: jax.Array,
+def _reconstruct_column(model: nn.Module, params: PyTree, ratings_BxN: jax.Array,
                         col: jax.Array) -> jax.Array:
     # Picking the column on the device moves B floats to the host instead of B x N.
     return model.apply({"params": params}, ratings_BxN, train=False)[:, col]
@@ -62,13 +67,21 @@ def _block_size(config: Config, num_cols: int, count: int) -> int:
     return min(limit, 1 << max(count - 1, 0).bit_length())
 
 
-def _model(config: Config, params: PyTree, rows: RowMatrix) -> AutoRec:
-    widths = (params["hidden_0"]["kernel"].shape[0], params["output"]["kernel"].shape[1])
-    if widths != (rows.num_cols, rows.num_cols):
-        raise DataError(f"the network reads and writes rows of {widths[0]}/{widths[1]} "
-                        f"entries but the training data's rows have {rows.num_cols}: the "
-                        "params belong to another dataset, split or orientation")
-    return create_model(config.model, num_outputs=rows.num_cols)
+def _model(config: Config, params: PyTree, rows: RowMatrix, model=None) -> nn.Module:
+    """The module of `params` (`model`, else the config's network), checked against the rows'
+    width: its output for a row of the training data must be that row's shape."""
+    module = networks.resolve_model(config, rows.num_cols, model)
+    try:
+        out = jax.eval_shape(lambda p: module.apply(
+            {"params": p}, jnp.zeros((1, rows.num_cols), jnp.float32), train=False), params)
+        widths_match = out.shape == (1, rows.num_cols)
+    except (ValueError, TypeError, flax.errors.FlaxError):
+        widths_match = False
+    if not widths_match:
+        raise DataError(f"the network's params do not read and write rows of "
+                        f"{rows.num_cols} entries, as the training data's rows have: the "
+                        "params belong to another dataset, split, orientation or model")
+    return module
 
 
 def _clip(config: Config, rows: RowMatrix, values: np.ndarray) -> np.ndarray:
@@ -79,10 +92,10 @@ def _clip(config: Config, rows: RowMatrix, values: np.ndarray) -> np.ndarray:
 
 
 def _blocks(config: Config, params: PyTree, rows: RowMatrix, row_index: np.ndarray,
-            col: int | None = None):
+            col: int | None = None, model=None):
     """Yields (start, reconstruction of rows row_index[start:start + b]) block by block:
     float32 [b, N], or [b] (the column `col`) when `col` is given."""
-    model = _model(config, params, rows)
+    model = _model(config, params, rows, model)
     size = _block_size(config, rows.num_cols, len(row_index))
     # train.rating_scaling: the network reads and writes ratings / unit (data/scaling.py).
     unit = np.float32(scaling.rating_unit(config.train.rating_scaling, rows.values))
@@ -100,7 +113,7 @@ def _blocks(config: Config, params: PyTree, rows: RowMatrix, row_index: np.ndarr
 
 
 def predict_matrix_rows(config: Config, params: PyTree, train_rows: RowMatrix,
-                        row_index) -> np.ndarray:
+                        row_index, *, model=None) -> np.ndarray:
     """Reconstructions of training rows in inference mode (no dropout), clipped if configured.
 
     Args:
@@ -116,7 +129,7 @@ def predict_matrix_rows(config: Config, params: PyTree, train_rows: RowMatrix,
     if len(row_index) and (row_index.min() < 0 or row_index.max() >= train_rows.num_rows):
         raise IndexError(f"row indices must lie in [0, {train_rows.num_rows})")
     out = np.zeros((len(row_index), train_rows.num_cols), np.float32)
-    for start, block in _blocks(config, params, train_rows, row_index):
+    for start, block in _blocks(config, params, train_rows, row_index, model=model):
         out[start:start + len(block)] = block
     return _clip(config, train_rows, out)
 
@@ -145,7 +158,8 @@ def _unknown(kind: str, raw, index: np.ndarray, hint: str) -> DataError:
 
 
 def predict_pairs(config: Config, params: PyTree, train: Ratings, user_ids_raw,
-                  item_ids_raw, *, cold_start: float | None = None) -> np.ndarray:
+                  item_ids_raw, *, cold_start: float | None = None, model=None
+                  ) -> np.ndarray:
     """Predicted ratings of raw (user, item) pairs.
 
     Each needed row (the item for I-AutoRec, the user for U-AutoRec) is reconstructed once,
@@ -181,12 +195,12 @@ def predict_pairs(config: Config, params: PyTree, train: Ratings, user_ids_raw,
     row, col = (items, users) if orientation == "item" else (users, items)
     out = np.full(len(users), np.nan if cold_start is None else cold_start, np.float32)
     out[known] = predict_entries(config, params, row_matrix(train, orientation), row[known],
-                                 col[known])
+                                 col[known], model=model)
     return out
 
 
 def predict_entries(config: Config, params: PyTree, train_rows: RowMatrix, row_index,
-                    col_index) -> np.ndarray:
+                    col_index, *, model=None) -> np.ndarray:
     """The network's predictions at (row, col) entries of the training matrix.
 
     Each needed row is reconstructed once, in inference mode, block by block (no dense
@@ -206,7 +220,7 @@ def predict_entries(config: Config, params: PyTree, train_rows: RowMatrix, row_i
     order = np.argsort(slot, kind="stable")
     sorted_slot = slot[order]
     values = np.zeros(len(row), np.float32)
-    for start, block in _blocks(config, params, train_rows, needed):
+    for start, block in _blocks(config, params, train_rows, needed, model=model):
         lo, hi = np.searchsorted(sorted_slot, [start, start + len(block)])
         pick = order[lo:hi]
         values[pick] = block[slot[pick] - start, col[pick]]
@@ -214,7 +228,8 @@ def predict_entries(config: Config, params: PyTree, train_rows: RowMatrix, row_i
 
 
 def top_k(config: Config, params: PyTree, train: Ratings, user_raw_id, k: int = 10, *,
-          exclude_rated: bool = True, exclude_untrained: bool = True) -> list[tuple]:
+          exclude_rated: bool = True, exclude_untrained: bool = True, model=None
+          ) -> list[tuple]:
     """The user's K best-scored items, best first.
 
     Items are ranked by the unclipped reconstruction (clipping would tie the top); the
@@ -241,11 +256,12 @@ def top_k(config: Config, params: PyTree, train: Ratings, user_raw_id, k: int = 
     if config.data.orientation == "item":
         rows = row_matrix(train, "item")
         scores = np.zeros(rows.num_rows, np.float32)
-        for start, block in _blocks(config, params, rows, np.arange(rows.num_rows), col=user):
+        for start, block in _blocks(config, params, rows, np.arange(rows.num_rows), col=user,
+                                    model=model):
             scores[start:start + len(block)] = block
     else:
         rows = row_matrix(train, "user")
-        scores = next(_blocks(config, params, rows, np.array([user])))[1][0]
+        scores = next(_blocks(config, params, rows, np.array([user]), model=model))[1][0]
     eligible = np.ones(train.num_items, bool)
     if exclude_rated:
         eligible[train.items[train.users == user]] = False

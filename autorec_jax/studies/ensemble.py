@@ -51,7 +51,7 @@ def predict_heldout(experiment: Experiment, params: PyTree, heldout: Ratings) ->
     rows, cols = ((heldout.items, heldout.users) if orientation == "item"
                   else (heldout.users, heldout.items))
     preds_R = predict_entries(config, fetch(params), row_matrix(train, orientation), rows,
-                              cols)
+                              cols, model=experiment.model)
     fallback_R = coldstart.fallback_values(config.train.cold_start, train, heldout)
     if fallback_R is not None:
         preds_R = np.where(coldstart.cold_mask(train, heldout, orientation), fallback_R,
