@@ -39,8 +39,9 @@ def split_paths(data) -> dict[str, str]:
             hits = sorted(p for p in train.glob(f"{part}.*") if p.is_file()
                           and not p.name.endswith(".json") and ".tmp" not in p.name)
             if len(hits) > 1:
-                raise DataError(f"folder holds several {part} files ({', '.join(h.name for h in hits)}); "
-                                "keep one", path=str(train))
+                names = ", ".join(h.name for h in hits)
+                raise DataError(f"folder holds several {part} files ({names}); keep one",
+                                path=str(train))
             if hits:
                 found[part] = str(hits[0])
         for part in ("train", "test"):
