@@ -8,6 +8,9 @@ split of the whole file gets), so a split written by `scripts/data.py split` and
 gives the same Ratings as the split made internally. Test users or items absent from
 training are cold (counted by the cold-start rule). Without a validation file,
 `--valid-ratio` carves validation out of the training file exactly as internal splits do.
+Every file must be written like the training file (separator, fields, header, id kind).
+`file_checksums` (each file's path and SHA-256) is what run.json, summary.json and a parts
+folder's meta.json record, and what `--resume` (and a run given parts and files) compares.
 """
 
 from __future__ import annotations

@@ -161,7 +161,9 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str,
             raise CheckpointError(f"{run_dir}: cannot resume with a different config: {field} "
                                   f"was {was!r}, now {now!r}")
     from autorec_jax.data.split_files import changed_file
-    changed = changed_file(stored.get("split_files") or {}, split_files or {})
+    # A run recorded before split files were recorded: the fingerprint alone guards it.
+    changed = ("split_files" in stored
+               and changed_file(stored["split_files"], split_files or {}))
     if changed:
         raise CheckpointError(f"{run_dir}: cannot resume: {changed}; restore the file, or "
                               "start a new run (another --out, or --overwrite)")
