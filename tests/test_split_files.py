@@ -86,15 +86,15 @@ BAD_INPUT = [
      r"tr\.tsv:3: user 1 rates item 1 again"),
     ("empty", ["1\t1\t3", "2\t2\t4"], [], None, r"te\.tsv: .*no ratings"),
     ("fields", ["1\t1\t3\t100", "2\t2\t4\t200"], ["1\t2\t1"], None,
-     r"te\.tsv:1: files of different formats: number of fields 3 \(user,item,rating\) here, "
-     r"4 \(user,item,rating,timestamp\) in the training file"),
+     r"te\.tsv:1: files of different formats: 3 fields \(user,item,rating\) here, 4 fields "
+     r"\(user,item,rating,timestamp\) in the training file .*tr\.tsv; write every split"),
     ("separator", ["1\t1\t3", "2\t2\t4"], ["", "1,2,1", "2,1,2"], None,
-     r"te\.tsv:2: files of different formats: separator ',' here, '\\t' in the training"),
+     r"te\.tsv:2: files of different formats: separator ',' here, separator '\\t' in the training"),
     ("header", ["user\titem\trating", "1\t1\t3", "2\t2\t4"], ["1\t2\t1"], None,
-     r"te\.tsv:1: files of different formats: header no header line here, a header line "
-     r"in the training"),
+     r"te\.tsv:1: files of different formats: no header line here, a header line in the "
+     r"training"),
     ("header-valid", ["1\t1\t3", "2\t2\t4"], ["1\t2\t1"], ["u\ti\tr", "2\t1\t5"],
-     r"va\.tsv:1: files of different formats: header a header line here, no header"),
+     r"va\.tsv:1: files of different formats: a header line here, no header"),
     ("id-kind", ["1\t1\t3", "2\t2\t4"], ["x\t2\t1"], None,
      r"te\.tsv:1: files of different formats: text user ids here, integer in the training"),
     ("cold", ["1\t1\t3", "2\t2\t4"], ["3\t3\t1"], None, r"all 1 test ratings are cold"),

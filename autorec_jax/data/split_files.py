@@ -143,16 +143,13 @@ def _check_layouts(layouts: dict[str, Layout], paths: dict[str, str]) -> None:
     """Every file read as the training file is: same separator, fields and header."""
     ref = layouts["train"]
     for part, layout in layouts.items():
-        for what, a, b in (
-                ("separator", repr(ref.sep), repr(layout.sep)),
-                ("number of fields", f"{len(ref.columns)} ({','.join(ref.columns)})",
-                 f"{len(layout.columns)} ({','.join(layout.columns)})"),
-                ("header", "a header line" if ref.header else "no header line",
-                 "a header line" if layout.header else "no header line")):
+        for a, b in ((f"separator {x.sep!r}" for x in (ref, layout)),
+                     (f"{len(x.columns)} fields ({','.join(x.columns)})" for x in (ref, layout)),
+                     ("a header line" if x.header else "no header line" for x in (ref, layout))):
             if a != b:
-                raise DataError(f"files of different formats: {what} {b} here, {a} in the "
-                                f"training file {paths['train']}; {_FIX}",
-                                path=paths[part], line=layout.first_line)
+                raise DataError(f"files of different formats: {b} here, {a} in the training "
+                                f"file {paths['train']}; {_FIX}", path=paths[part],
+                                line=layout.first_line)
 
 
 def _check_id_kinds(parts: dict[str, Ratings], paths: dict[str, str],
