@@ -39,7 +39,8 @@ used (so `autorec_jax.data` works without it). The public API:
   scaling       rating_unit(mode, train_ratings) (train.rating_scaling: the unit the
                 network's ratings are divided by)
   data          Ratings, load_ratings, load_split, row_matrix, to_dense, epoch_batches,
-                steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files);
+                steps_per_epoch; load_split_files(data, seed, fmt) (a fixed split from files),
+                file_checksums(data) (its files' paths and SHA-256, as run.json records);
                 thin(ratings, fraction, seed), rescale(ratings, factor) (variants: a seeded
                 uniform sample, ratings times a factor)
   a saved run   load_run(dir, *, model=) -> Run (.model: the module); top_k, predict_pairs (recommend); plot_runs
@@ -83,7 +84,7 @@ _LAZY_MODULES = {
                                      "predict_heldout", "train_ensemble"),
     "autorec_jax.data.batching": ("epoch_batches", "steps_per_epoch"),
     "autorec_jax.data.loading": ("load_ratings", "load_split"),
-    "autorec_jax.data.split_files": ("load_split_files",),
+    "autorec_jax.data.split_files": ("file_checksums", "load_split_files"),
     "autorec_jax.data.ratings": ("Ratings", "row_matrix", "to_dense"),
     "autorec_jax.data.variants": ("rescale", "thin"),
     "autorec_jax.studies.baselines": ("BiasedMF", "fit_biased_mf", "run_baselines"),

@@ -7,6 +7,7 @@
   python scripts/data.py split ml-1m --split kfold --folds 5 --fold 0 --out splits/ml1m-f0
   python scripts/data.py split ratings.csv --split ratio --valid-ratio 0.1 --out splits/mine
   python scripts/data.py parts ml-20m --count 8 --out parts/ml20m --last-batch pad ...
+  python scripts/data.py parts --train-ratings splits/u1 --count 8 --out parts/u1
   python scripts/data.py thin ml-100k --fraction 0.05 --seed 0 --out ml100k-5pct.tsv
   python scripts/data.py rescale ml-100k --factor 20 --out ml100k-x20.tsv
 
@@ -15,7 +16,9 @@ mapping) and the process's peak memory; `split` writes train/valid/test files (r
 tab-separated) and split.json, replacing those of an earlier split in the same folder (and
 only those); `parts` deals the split's rows into --count row parts for a multi-process run
 (autorec_jax/data/parts.py: each process then loads only its own devices' parts, with
-`scripts/train.py --parts DIR`); `thin` writes a seeded uniform sample of --fraction of
+`scripts/train.py --parts DIR`; from a split given as files, `--train-ratings DIR|FILE
+--test-ratings FILE [--valid-ratings FILE]` replace SOURCE, and meta.json records each
+file's path and SHA-256); `thin` writes a seeded uniform sample of --fraction of
 the ratings (data/variants.py: round(fraction * R) drawn without replacement with
 --seed) and `rescale` every rating times --factor, each as one tab-separated ratings file
 (user, item, rating[, timestamp]; written atomically) for `--ratings FILE`. Format and
@@ -65,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("parts", "write the split's rows as row parts (multi-process runs)"),
                        ("thin", "write a seeded uniform sample of the ratings to a file"),
                        ("rescale", "write the ratings times a factor to a file")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("source", help=f"a dataset name ({', '.join(movielens.DATASETS)}), "
-                                        "a ratings file, or a Netflix folder")
+        sub = commands.add_parser(name, help=text, description=text + (
+            ". From a split given as files: no SOURCE, --train-ratings DIR (train.*, test.*, "
+            "valid.*) or --train-ratings FILE --test-ratings FILE [--valid-ratings FILE]; "
+            "meta.json records each file's path and SHA-256" if name == "parts" else ""))
+        sub.add_argument("source", nargs="?" if name == "parts" else None,
+                         help=f"a dataset name ({', '.join(movielens.DATASETS)}), "
+                              "a ratings file, or a Netflix folder" + (
+                                  "; or none, with --train-ratings (a split from files)"
+                                  if name == "parts" else ""))
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         if name in ("split", "parts"):
             sub.add_argument("--out", required=True, help="folder for the split's files")
@@ -89,13 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def data_config(args) -> config_lib.Config:
+    """The data config of SOURCE (or, for `parts`, of the split files) and the flags.
+
+    Raises:
+      ConfigError: SOURCE and --train-ratings both given, or neither; --train-ratings
+        with another command than `parts`.
+    """
     base = config_lib.d2l()
     source = args.source
     if source in movielens.DATASETS:
         base = config_lib.replace(base, dataset=source)
-    else:
+    elif source is not None:
         base = config_lib.replace(base, ratings=source)
-    return cli.config_from_args(args, base)
+    config = cli.config_from_args(args, base)
+    files = config.data.train_ratings is not None
+    if files and args.command != "parts":
+        raise ConfigError(f"--train-ratings (a split from files) is for `parts` and "
+                          f"scripts/train.py; `{args.command}` reads SOURCE")
+    if files and source is not None:
+        raise ConfigError(f"SOURCE {source!r} and --train-ratings both name the data; give "
+                          "one")
+    if not files and source is None:
+        raise ConfigError("parts needs SOURCE or --train-ratings DIR|FILE (a split from "
+                          "files)")
+    return config
 
 
 def peak_memory_bytes() -> int:

@@ -4,6 +4,8 @@
   python scripts/train.py                        # the book's recipe on MovieLens 100K
   python scripts/train.py --seed 3 --out runs/s3 # another split/seed, with a run folder
   python scripts/train.py --out runs/s3 --resume # continue it after a kill or Ctrl-C
+  python scripts/train.py --train-ratings splits/u1 --out runs/u1   # a split given as files
+  python scripts/train.py --train-ratings tr.tsv --test-ratings te.tsv [--valid-ratings va.tsv]
   python scripts/train.py --preset tiny --epochs 5 --hidden 64 --parallel pmap
   python scripts/train.py --parallel sharded --model-parallel 2     # data x model mesh
   # two processes (hosts), process 0 writes --out:

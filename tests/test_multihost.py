@@ -38,11 +38,16 @@ def run_ratings():
     return random_ratings(num_users=32, num_items=64, density=0.3, seed=2)
 
 
+def split_files_folder():
+    """A folder of split files to read instead of the ratings (env, so children see it)."""
+    return os.environ.get("AUTOREC_TEST_SPLIT_FILES") or None
+
+
 def run_config(parts=None, parallel="sharded"):
     return config_lib.replace(
         toy_config(optimizer="adam", lr=0.01, batch_size=16 if parts else 12, epochs=2,
                    last_batch="pad" if parts else "rollover"),
-        parallel=parallel, parts=parts,
+        parallel=parallel, parts=parts, train_ratings=None if parts else split_files_folder(),
         model_parallel=int(os.environ.get("AUTOREC_TEST_MODEL", "1")) if parallel ==
         "sharded" else 1)
 
@@ -56,7 +61,7 @@ def make_run(out_dir=None, parts=None, parallel="sharded", stop_after=None, resu
     try:
         result = train_and_evaluate(
             config_lib.replace(run_config(parts, parallel), epochs=epochs), out_dir,
-            ratings=None if parts else run_ratings(), resume=resume,
+            ratings=None if parts or split_files_folder() else run_ratings(), resume=resume,
             stop_requested=None if stop_after is None else lambda: next(calls) >= stop_after)
     except TrainingInterrupted:
         return {"interrupted": stop_after}
@@ -167,6 +172,34 @@ def test_two_processes_on_row_parts_load_only_their_own_and_match_one_process(
         for other in (single, one_device):
             assert_same_run(result, other, rmse_atol=1e-5, params_atol=1e-5)
     assert sum(r["local_ratings"] for r in results) == total
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+def test_two_processes_from_split_files_match_one_process(tmp_path, monkeypatch):
+    """Both processes read the split files (`data.py split` of the ratings): they train as
+    one process from the files, which trains bit for bit as one from the internal split."""
+    from autorec_jax.data import loading
+    config = run_config()
+    split = loading.load_split(config.data, config.split_seed, run_ratings())
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for name, part in zip(("train", "valid", "test"), split):
+        if len(part):
+            (folder / f"{name}.tsv").write_text("".join(
+                f"{part.user_ids[u]}\t{part.item_ids[i]}\t{v:g}\n"
+                for u, i, v in zip(part.users, part.items, part.ratings)))
+    internal = make_run()
+    monkeypatch.setenv("AUTOREC_TEST_SPLIT_FILES", str(folder))
+    results = run_two_processes(tmp_path)
+    single = make_run()
+    assert single["history"] == internal["history"]
+    assert single["params"] == internal["params"]
+    for result in results:
+        assert (result["num_devices"], result["processes"]) == (8, 2)
+        assert_same_run(result, single, rmse_atol=1e-6, params_atol=1e-6)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["split"] == "files" and sorted(summary["data"]["split_files"]) == [
+        "test", "train"]
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")

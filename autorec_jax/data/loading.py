@@ -35,12 +35,19 @@ def file_format(data) -> Format:
                   duplicates=data.duplicates, id_type=data.id_type)
 
 
-def dataset_label(data) -> str:
-    """The data's name in logs and records; split files are named with their SHA-256."""
-    if getattr(data, "train_ratings", None) is not None:
+def dataset_label(data, checksums: dict | None = None) -> str:
+    """The data's name in logs and records; split files are named with their SHA-256.
+
+    Args:
+      checksums: the split files' `split_files.file_checksums`, when already computed (or
+        recorded by row parts written from split files); None: computed here.
+    """
+    if checksums is None and getattr(data, "train_ratings", None) is not None:
         from autorec_jax.data import split_files
+        checksums = split_files.file_checksums(data)
+    if checksums is not None:
         return "files:" + ",".join(f"{part}={f['path']}@sha256:{f['sha256']}"
-                                   for part, f in split_files.file_checksums(data).items())
+                                   for part, f in checksums.items())
     return f"file:{data.ratings}" if data.ratings is not None else data.dataset
 
 

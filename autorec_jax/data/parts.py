@@ -6,7 +6,8 @@ multi-process run loads only the parts its own devices train on.
 
 A folder (written whole by `write_parts`, then renamed into place):
   meta.json       what the parts were made from (the data config, split seed and cold-start
-                  rule), the matrix shape, rating counts and range, the data fingerprint
+                  rule; from split files, each file's path and SHA-256), the matrix shape,
+                  rating counts and range, the data fingerprint
   lengths.npz     every part's row lengths of train/valid/test: the static bounds of the
                   compiled calls, the same on every process
   ids.npz         the raw user and item ids (a run's ids.json)
@@ -40,6 +41,7 @@ SETS = ("train",) + HELDOUT
 # The run's config fields a folder's parts depend on (the rest may differ freely).
 DEPENDS_ON = ("orientation", "split", "test_ratio", "valid_ratio", "folds", "fold",
               "leave_last")
+FILES_DEPEND_ON = ("orientation", "valid_ratio")  # a split from files: the files are the rest
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,7 +97,7 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
     Raises:
       ConfigError: a bad count, or `out_dir` exists.
     """
-    from autorec_jax.data import coldstart, loading
+    from autorec_jax.data import coldstart, loading, split_files
     from autorec_jax.data.ratings import data_fingerprint, row_matrix
 
     out = Path(out_dir).expanduser()
@@ -105,6 +107,8 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
         raise ConfigError(f"{out} exists; choose a new folder for the parts (or remove it)")
     orientation = config.data.orientation
     train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
+    checksums = (split_files.file_checksums(config.data)
+                 if config.data.train_ratings is not None else None)
     split = {"train": train, "valid": valid, "test": test}
     matrices = {name: row_matrix(part, orientation) for name, part in split.items()}
     num_rows = matrices["train"].num_rows
@@ -117,8 +121,11 @@ def write_parts(config, out_dir, num_parts: int, *, ratings=None, cache_dir=None
     meta = {
         "format": FORMAT, "num_parts": num_parts, "num_rows": num_rows,
         "num_cols": matrices["train"].num_cols,
-        "data": {name: getattr(config.data, name) for name in DEPENDS_ON},
-        "dataset": loading.dataset_label(config.data), "split_seed": config.split_seed,
+        "data": {name: getattr(config.data, name)
+                 for name in (DEPENDS_ON if checksums is None else FILES_DEPEND_ON)},
+        **({"split_files": checksums} if checksums is not None else {}),
+        "dataset": loading.dataset_label(config.data, checksums),
+        "split_seed": config.split_seed,
         "cold_start": config.train.cold_start,
         "num_users": train.num_users, "num_items": train.num_items,
         "ratings": {name: len(part) for name, part in split.items()},
@@ -192,10 +199,12 @@ def load_part(info: PartsInfo, p: int) -> Part:
 
 
 def check_config(info: PartsInfo, config) -> None:
-    """Refuses a run whose data settings differ from those the parts were made with.
+    """Refuses a run whose data settings differ from those the parts were made with; a run
+    that also names split files (`data.train_ratings`) must name those the parts were
+    written from, unchanged.
 
     Raises:
-      ConfigError: naming each differing setting.
+      ConfigError: naming each differing setting, or the first differing split file.
     """
     made = dict(info.meta["data"], split_seed=info.meta["split_seed"],
                 cold_start=info.meta["cold_start"])
@@ -206,6 +215,18 @@ def check_config(info: PartsInfo, config) -> None:
     if differ:
         raise ConfigError(f"data.parts {info.folder} was written for other settings: "
                           f"{'; '.join(differ)}. Pass the parts' settings or write new parts")
+    if config.data.train_ratings is not None:
+        from autorec_jax.data import split_files
+        recorded = info.meta.get("split_files")
+        if recorded is None:
+            raise ConfigError(f"data.parts {info.folder} was not written from split files "
+                              f"(it holds {info.meta['dataset']}); drop --train-ratings, or "
+                              "write the parts with scripts/data.py parts --train-ratings")
+        changed = split_files.changed_file(
+            recorded, split_files.file_checksums(config.data), paths=False)
+        if changed:
+            raise ConfigError(f"data.parts {info.folder} does not match --train-ratings: "
+                              f"{changed}; write the parts again from these files")
     if config.train.retrain:
         raise ConfigError("train.retrain with data.parts is not supported: write parts of the "
                           "train + validation split (valid_ratio 0) and train on them for "

@@ -86,13 +86,39 @@ def read_ratings(path: str | os.PathLike | None, fmt: Format = Format(), *,
         number and the fix), ratings outside the scale, or duplicate pairs under "error".
     """
     source = _Input(path, data, name or str(path))
+    layout = _layout(source, fmt)
+    fmt = dataclasses.replace(fmt, columns=layout.columns)
+    frame = _fast_parse(source, layout.sep, fmt, layout.header, layout.first_line)
+    return _to_ratings(frame, source, fmt, layout.header)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What the first data line of a file says about it: separator, columns (a role per
+    field), whether that line is a header, and its 1-based number."""
+
+    sep: str
+    columns: tuple[str, ...]
+    header: bool
+    first_line: int
+
+
+def sniff_layout(path: str | os.PathLike, fmt: Format = Format()) -> Layout:
+    """The `Layout` `read_ratings(path, fmt)` would read `path` with (only its head is read).
+
+    Raises:
+      DataError: as `read_ratings` does for the file's first data line.
+    """
+    return _layout(_Input(path, None, str(path)), fmt)
+
+
+def _layout(source: "_Input", fmt: Format) -> Layout:
     first = _first_data_line(source.head(), source.shown)
     sep = fmt.sep if fmt.sep is not None else _sniff_separator(first, fmt, source.shown)
     if fmt.columns is None:
         fmt = dataclasses.replace(fmt, columns=_default_columns(first, sep, source.shown))
-    header = _has_header(first, sep, fmt, source.shown)
-    frame = _fast_parse(source, sep, fmt, header, first[0])
-    return _to_ratings(frame, source, fmt, header)
+    return Layout(sep=sep, columns=fmt.columns, first_line=first[0],
+                  header=_has_header(first, sep, fmt, source.shown))
 
 
 class _Input:

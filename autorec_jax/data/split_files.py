@@ -8,6 +8,9 @@ split of the whole file gets), so a split written by `scripts/data.py split` and
 gives the same Ratings as the split made internally. Test users or items absent from
 training are cold (counted by the cold-start rule). Without a validation file,
 `--valid-ratio` carves validation out of the training file exactly as internal splits do.
+Every file must be written like the training file (separator, fields, header, id kind).
+`file_checksums` (each file's path and SHA-256) is what run.json, summary.json and a parts
+folder's meta.json record, and what `--resume` (and a run given parts and files) compares.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from autorec_jax.data import splits
-from autorec_jax.data.ratings import Ratings, map_ids
-from autorec_jax.data.readers import _line_of_row, read_ratings
+from autorec_jax.data.ratings import Ratings, _plain, map_ids
+from autorec_jax.data.readers import Layout, _line_of_row, read_ratings, sniff_layout
 from autorec_jax.errors import DataError
 
 PARTS = ("train", "valid", "test")
@@ -39,8 +42,9 @@ def split_paths(data) -> dict[str, str]:
             hits = sorted(p for p in train.glob(f"{part}.*") if p.is_file()
                           and not p.name.endswith(".json") and ".tmp" not in p.name)
             if len(hits) > 1:
-                raise DataError(f"folder holds several {part} files ({', '.join(h.name for h in hits)}); "
-                                "keep one", path=str(train))
+                names = ", ".join(h.name for h in hits)
+                raise DataError(f"folder holds several {part} files ({names}); keep one",
+                                path=str(train))
             if hits:
                 found[part] = str(hits[0])
         for part in ("train", "test"):
@@ -70,6 +74,22 @@ def file_checksums(data) -> dict[str, dict[str, str]]:
     return out
 
 
+def changed_file(recorded: dict, current: dict, *, paths: bool = True) -> str | None:
+    """The first difference between two `file_checksums` records, in words naming the file;
+    None when they hold the same parts with the same contents (and paths, if `paths`)."""
+    for part in dict.fromkeys([*recorded, *current]):
+        was, now = recorded.get(part), current.get(part)
+        if was is None or now is None:
+            return (f"the {part} file {(was or now)['path']} "
+                    f"{'is new' if was is None else 'is no longer given'}")
+        if paths and was["path"] != now["path"]:
+            return f"the {part} file was {was['path']}, now {now['path']}"
+        if was["sha256"] != now["sha256"]:
+            return (f"the {part} file {now['path']} changed (sha256 {was['sha256'][:12]}... "
+                    f"recorded, {now['sha256'][:12]}... now)")
+    return None
+
+
 def load_split_files(data, seed: int, fmt) -> tuple[Ratings, Ratings, Ratings]:
     """(train, valid, test) Ratings in one id space, read from the split files.
 
@@ -79,13 +99,16 @@ def load_split_files(data, seed: int, fmt) -> tuple[Ratings, Ratings, Ratings]:
       fmt: the `readers.Format` every file is read with.
 
     Raises:
-      DataError: naming file and line: a (user, item) pair in both training and test (or
-        validation), a duplicated pair within a file, an empty file, files of different
-        formats (timestamps in some only, integer ids in some and text ids in others).
+      DataError: naming file and line: a (user, item) pair in two parts (training and
+        test, training and validation, validation and test), a duplicated pair within a
+        file, an empty file, files of different formats (separator, number of fields, a
+        header in some only, integer ids in some and text ids in others).
     """
     paths = split_paths(data)
+    layouts = {part: sniff_layout(path, fmt) for part, path in paths.items()}
+    _check_layouts(layouts, paths)
     parts = {part: read_ratings(path, fmt) for part, path in paths.items()}
-    _check_formats(parts, paths)
+    _check_id_kinds(parts, paths, layouts)
     users = np.concatenate([r.user_ids[r.users] for r in parts.values()])
     items = np.concatenate([r.item_ids[r.items] for r in parts.values()])
     user_ids, users = map_ids(users)
@@ -98,9 +121,9 @@ def load_split_files(data, seed: int, fmt) -> tuple[Ratings, Ratings, Ratings]:
                                user_ids=user_ids, item_ids=item_ids)
         start = stop
     train, test = mapped["train"], mapped["test"]
-    for part in ("valid", "test"):
-        if part in mapped:
-            _check_disjoint(train, mapped[part], paths["train"], paths[part], len(item_ids))
+    for first, second in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        if first in mapped and second in mapped:
+            _check_disjoint(mapped, layouts, paths, first, second, len(item_ids))
     if "valid" in mapped:
         valid = mapped["valid"]
     else:
@@ -113,40 +136,58 @@ def load_split_files(data, seed: int, fmt) -> tuple[Ratings, Ratings, Ratings]:
     return train, valid, test
 
 
-def _check_formats(parts: dict[str, Ratings], paths: dict[str, str]) -> None:
-    first = "train"
-    ref = parts[first]
-    for part, r in parts.items():
-        for what, a, b in (("timestamps", ref.timestamps is not None, r.timestamps is not None),
-                           ("integer user ids", ref.user_ids.dtype.kind in "iu",
-                            r.user_ids.dtype.kind in "iu"),
-                           ("integer item ids", ref.item_ids.dtype.kind in "iu",
-                            r.item_ids.dtype.kind in "iu")):
+_FIX = "write every split file the same way (scripts/data.py split writes them alike)"
+
+
+def _check_layouts(layouts: dict[str, Layout], paths: dict[str, str]) -> None:
+    """Every file read as the training file is: same separator, fields and header."""
+    ref = layouts["train"]
+    for part, layout in layouts.items():
+        for a, b in ((f"separator {x.sep!r}" for x in (ref, layout)),
+                     (f"{len(x.columns)} fields ({','.join(x.columns)})" for x in (ref, layout)),
+                     ("a header line" if x.header else "no header line" for x in (ref, layout))):
             if a != b:
-                raise DataError(f"files of different formats: {paths[first]} has "
-                                f"{what if a else 'no ' + what}, this file "
-                                f"{what if b else 'no ' + what}; write every split file "
-                                "with the same columns and id kind", path=paths[part],
-                                line=_line(paths[part], r, 0))
+                raise DataError(f"files of different formats: {b} here, {a} in the training "
+                                f"file {paths['train']}; {_FIX}", path=paths[part],
+                                line=layout.first_line)
 
 
-def _check_disjoint(train: Ratings, other: Ratings, train_path: str, other_path: str,
-                    num_items: int) -> None:
-    keys = train.users.astype(np.int64) * num_items + train.items
-    okeys = other.users.astype(np.int64) * num_items + other.items
-    both = np.flatnonzero(np.isin(okeys, keys))
+def _check_id_kinds(parts: dict[str, Ratings], paths: dict[str, str],
+                    layouts: dict[str, Layout]) -> None:
+    ref = parts["train"]
+    for part, r in parts.items():
+        for role, a, b in (("user", ref.user_ids, r.user_ids), ("item", ref.item_ids,
+                                                                r.item_ids)):
+            if (a.dtype.kind in "iu") != (b.dtype.kind in "iu"):
+                kind = {True: "integer", False: "text"}
+                raise DataError(f"files of different formats: {kind[b.dtype.kind in 'iu']} "
+                                f"{role} ids here, {kind[a.dtype.kind in 'iu']} in the "
+                                f"training file {paths['train']}; {_FIX}, or pass "
+                                "--id-type str", path=paths[part],
+                                line=_line(paths[part], layouts[part], 0))
+
+
+_NAMES = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def _check_disjoint(mapped: dict[str, Ratings], layouts: dict[str, Layout],
+                    paths: dict[str, str], first: str, second: str, num_items: int) -> None:
+    """No (user, item) pair of part `second` is also in part `first`."""
+    a, b = mapped[first], mapped[second]
+    keys = a.users.astype(np.int64) * num_items + a.items
+    bkeys = b.users.astype(np.int64) * num_items + b.items
+    both = np.flatnonzero(np.isin(bkeys, keys))
     if len(both):
         row = int(both[0])
-        trow = int(np.flatnonzero(keys == okeys[row])[0])
-        raise DataError(f"(user {other.user_ids[other.users[row]]!r}, item "
-                        f"{other.item_ids[other.items[row]]!r}) is also in the training "
-                        f"file ({train_path}:{_line(train_path, train, trow)}); a pair "
-                        "belongs to one part only, remove one of the lines",
-                        path=other_path, line=_line(other_path, other, row))
+        arow = int(np.flatnonzero(keys == bkeys[row])[0])
+        raise DataError(f"(user {_plain(b.user_ids[b.users[row]])!r}, item "
+                        f"{_plain(b.item_ids[b.items[row]])!r}) is also in the "
+                        f"{_NAMES[first]} file ({paths[first]}:"
+                        f"{_line(paths[first], layouts[first], arow)}); a pair belongs to "
+                        "one part only, remove one of the lines",
+                        path=paths[second], line=_line(paths[second], layouts[second], row))
 
 
-def _line(path: str, r: Ratings, row: int) -> int:
-    """The 1-based line of data row `row` of `path` (a header line is skipped if present)."""
-    data = Path(path).read_bytes()
-    nonblank = sum(1 for line in data.splitlines() if line.strip())
-    return _line_of_row(data, row, header=nonblank > len(r))
+def _line(path: str, layout: Layout, row: int) -> int:
+    """The 1-based line of data row `row` of `path` (its header line skipped)."""
+    return _line_of_row(Path(path).read_bytes(), row, header=layout.header)

@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from autorec_jax.data import batching, coldstart, loading, parts as parts_lib, scaling
+from autorec_jax.data import (batching, coldstart, loading, parts as parts_lib, scaling,
+                              split_files)
 from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_fingerprint, row_matrix,
                                       select_rows)
 from autorec_jax.errors import ConfigError
@@ -35,6 +36,8 @@ class SplitFacts:
       fingerprint: () -> the SHA-256 of the split (`data_fingerprint`).
       rating_unit: the ratings on the devices are the file's divided by this
         (`train.rating_scaling`; 1.0: unscaled); `rating_range` is in device units.
+      split_files: a split read from files: {part: {"path", "sha256"}}
+        (`split_files.file_checksums`, or the parts' record of them); else None.
     """
 
     num_users: int
@@ -45,6 +48,7 @@ class SplitFacts:
     item_ids: np.ndarray
     fingerprint: Callable[[], str]
     rating_unit: float = 1.0
+    split_files: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,6 +78,8 @@ def load(config, parallel: Parallel, ratings: Ratings | None = None, cache_dir=N
     if config.data.parts:
         return _load_parts(config, parallel, entry_fields)
     train, valid, test = loading.load_split(config.data, config.split_seed, ratings, cache_dir)
+    checksums = (split_files.file_checksums(config.data)
+                 if config.data.train_ratings is not None else None)
     orientation = config.data.orientation
     # train.rating_scaling: the device rows are in units of `unit` (data/scaling.py); the
     # splits kept on the host stay in rating units.
@@ -99,7 +105,7 @@ def load(config, parallel: Parallel, ratings: Ratings | None = None, cache_dir=N
         counts={"train": len(train), "valid": len(valid), "test": len(test)},
         rating_range=(float(train.ratings.min() / np.float32(unit)),
                       float(train.ratings.max() / np.float32(unit))), rating_unit=unit,
-        user_ids=train.user_ids, item_ids=train.item_ids,
+        user_ids=train.user_ids, item_ids=train.item_ids, split_files=checksums,
         fingerprint=lambda: data_fingerprint(
             *(np.asarray(a) for part in (train, valid, test)
               for a in (part.users, part.items, part.ratings))))
@@ -126,7 +132,8 @@ def _load_parts(config, parallel: Parallel, entry_fields) -> HostData:
     facts = SplitFacts(num_users=meta["num_users"], num_items=meta["num_items"],
                        counts=dict(meta["ratings"]), rating_range=tuple(meta["rating_range"]),
                        user_ids=user_ids, item_ids=item_ids,
-                       fingerprint=lambda: meta["fingerprint"])
+                       fingerprint=lambda: meta["fingerprint"],
+                       split_files=meta.get("split_files"))
     heldout_names = ["test"] + (["valid"] if meta["ratings"]["valid"] else [])
     common = dict(facts=facts, num_rows=meta["num_rows"], num_cols=meta["num_cols"],
                   train_lengths=info.all_lengths("train"),

@@ -1,7 +1,8 @@
 """Checkpoints and run folders on disk: a thin wrapper over Orbax (v1 API) with integrity checks.
 
 Layout of a run folder (only process 0 writes; one writer per run folder):
-  run.json                 {"config": to_dict(config), "data_fingerprint": str}
+  run.json                 {"config": to_dict(config), "data_fingerprint": str[,
+                            "split_files": {part: {"path", "sha256"}}]}
   ids.json, summary.json   written by the training loop
   checkpoints/<epoch>/     state/ (Orbax: the TrainState), loop.json (host state),
                            manifest.json (SHA-256 of every other file, written last)
@@ -125,24 +126,28 @@ def load_params(path: str | Path, abstract_params: PyTree | None = None) -> PyTr
     return _load(path / "params", _on_first_device(abstract_params))
 
 
-def write_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str, *,
-                       model: dict | None = None) -> None:
-    """Records the run's config, data fingerprint and model identity (`networks.identity`)
-    in run_dir/run.json (atomically)."""
+def write_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str,
+                       split_files: dict | None = None, *, model: dict | None = None) -> None:
+    """Records the run's config and data fingerprint in run_dir/run.json (atomically), for a
+    split read from files each file's path and SHA-256, and the model's identity
+    (`networks.identity`)."""
     reporting.write_json(Path(run_dir) / "run.json",
                          {"config": config_dict, "data_fingerprint": fingerprint,
+                          **({"split_files": split_files} if split_files else {}),
                           **({"model": model} if model is not None else {})})
 
 
-def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str) -> None:
-    """Refuses to resume a run with another config or other data.
+def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str,
+                       split_files: dict | None = None) -> None:
+    """Refuses to resume a run with another config, other split files or other data.
 
     Fields in `MAY_DIFFER_ON_RESUME` are exempt; call `write_run_identity` afterwards to
     record their new values.
 
     Raises:
       CheckpointError: run.json missing or unreadable, naming the first differing config
-        field ("group.field"), or saying that the data differ.
+        field ("group.field"), the first changed split file, or saying that the data
+        differ.
     """
     stored = read_json(Path(run_dir) / "run.json")
     stored_config = stored.get("config", {})
@@ -157,6 +162,13 @@ def check_run_identity(run_dir: str | Path, config_dict: dict, fingerprint: str)
         if was != now and field not in MAY_DIFFER_ON_RESUME:
             raise CheckpointError(f"{run_dir}: cannot resume with a different config: {field} "
                                   f"was {was!r}, now {now!r}")
+    from autorec_jax.data.split_files import changed_file
+    # A run recorded before split files were recorded: the fingerprint alone guards it.
+    changed = ("split_files" in stored
+               and changed_file(stored["split_files"], split_files or {}))
+    if changed:
+        raise CheckpointError(f"{run_dir}: cannot resume: {changed}; restore the file, or "
+                              "start a new run (another --out, or --overwrite)")
     if stored.get("data_fingerprint") != fingerprint:
         raise CheckpointError(f"{run_dir}: cannot resume: the data differ from the run's "
                               "(data fingerprint mismatch)")

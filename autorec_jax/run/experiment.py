@@ -269,8 +269,9 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                               loss_fn=loss_fn,
                               grad_transform=grad_transform, entry_fields=entry_fields)
     log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
-             "%s on %d %s device(s)", loading.dataset_label(config.data),
-             "fixed-files" if config.data.train_ratings is not None else config.data.split,
+             "%s on %d %s device(s)", loading.dataset_label(
+                 config.data, experiment.data.facts.split_files),
+             "fixed-files" if experiment.data.facts.split_files else config.data.split,
              config.split_seed, *experiment.data.facts.counts.values(),
              experiment.num_rows,
              experiment.row_width, experiment.parallel.mode, experiment.parallel.num_devices,
@@ -494,7 +495,9 @@ def _finish(run_dir, save_dir, experiment, state, best_params, loop, history, sc
         "model": networks.identity(experiment.model)["class"],
         "seams": {name: _describe(value) for name, value in seams.items()
                   if value is not None},
-        "data": {"dataset": loading.dataset_label(config.data), "split": config.data.split,
+        "data": {"dataset": loading.dataset_label(config.data, facts.split_files),
+                 "split": "files" if facts.split_files else config.data.split,
+                 **({"split_files": facts.split_files} if facts.split_files else {}),
                  "split_seed": config.split_seed, "orientation": config.data.orientation,
                  "num_users": facts.num_users, "num_items": facts.num_items,
                  **{f"{name}_ratings": count for name, count in facts.counts.items()},

@@ -127,8 +127,9 @@ def protocol_record(config) -> dict:
             else " over all epochs")
     else:
         selection = "none: the last epoch"
-    return {"split": data.split, "split_seed": config.split_seed,
-            **({"test_ratio": data.test_ratio} if data.split in ("random", "ratio") else {}),
+    split = "files" if data.train_ratings is not None else data.split  # the files are it
+    return {"split": split, "split_seed": config.split_seed,
+            **({"test_ratio": data.test_ratio} if split in ("random", "ratio") else {}),
             "valid_ratio": data.valid_ratio, "selection": selection,
             "retrained_on_train_and_valid": train.retrain, "cold_start": train.cold_start,
             "test_scored": ("once, after selection" if config.selects_on_validation

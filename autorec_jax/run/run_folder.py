@@ -83,15 +83,17 @@ def open_run(run_dir, experiment, state, best_params, loop, resume) -> tuple[int
     # The kept checkpoints, one being written, the model: refused now, not mid-run.
     preflight.check_free_disk(run_dir, tree_bytes * (config.train.keep_checkpoints + 3))
     epoch = checkpoint.latest(run_dir) if resume else None
+    split_files = experiment.data.facts.split_files
     model = networks.identity(experiment.model)
     if resume and (run_dir / "run.json").exists():
-        checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint)
+        checkpoint.check_run_identity(run_dir, to_dict(config), fingerprint, split_files)
         try:
             networks.check_same(checkpoint.read_json(run_dir / "run.json").get("model"),
                                 experiment.model, f"{run_dir}: cannot resume: the run")
         except ConfigError as error:
             raise CheckpointError(str(error)) from None
-    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint, model=model)
+    checkpoint.write_run_identity(run_dir, to_dict(config), fingerprint, split_files,
+                                  model=model)
     ids = {"orientation": config.data.orientation,
            "users": experiment.data.facts.user_ids.tolist(),
            "items": experiment.data.facts.item_ids.tolist()}
@@ -100,7 +102,8 @@ def open_run(run_dir, experiment, state, best_params, loop, resume) -> tuple[int
         log.info("%s has no checkpoint: starting the run from the beginning", run_dir)
     # Each checkpoint also carries the run's identity, so that it stands on its own.
     return epoch, {**loop, "run": {"config": to_dict(config), "data_fingerprint": fingerprint,
-                                   "ids": ids}}
+                                   "ids": ids,
+                                   **({"split_files": split_files} if split_files else {})}}
 
 
 _NONE, _FAILED = -1, -2  # from process 0: no checkpoint; it could not open the folder
