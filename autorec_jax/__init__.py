@@ -21,7 +21,8 @@ used (so `autorec_jax.data` works without it). The public API:
                 autorec_jax/networks.py); KernelAutoRec, KernelDense, local_kernel,
                 kernel_penalty, make_kernel_loss (kernelised AutoRec, `--model kernel`)
   step pieces   train_step, train_epoch, step_keys, compute_grads, apply_grads, norm_metrics,
-                layer_norms, TrainState, StepKeys
+                layer_norms, TrainState, StepKeys, resolve_loss (the loss a step minimises),
+                objective_fn (the loss as a function of the params: a line search's value_fn)
   loss seam     LossTerms, ModelOutputs, reconstruction_loss, masked_sse, loss_denominator,
                 observed_mask
   optimiser     create_optimizer(optim_config), encoder_decoder_labels(params),
@@ -115,7 +116,7 @@ _LAZY_MODULES = {
     "autorec_jax.studies.sweep": ("run_grid", "summarize_grid"),
     "autorec_jax.studies.tune": ("TuneResult", "tune"),
     "autorec_jax.train": ("StepKeys", "TrainState", "apply_grads", "compute_grads",
-                          "create_train_state", "layer_norms", "resolve_loss",
+                          "create_train_state", "layer_norms", "objective_fn", "resolve_loss",
                           "norm_metrics", "step_keys", "train_epoch", "train_step"),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}

@@ -15,15 +15,18 @@ import autorec_jax as ar
 from autorec_jax import config as config_lib
 from autorec_jax import networks
 from autorec_jax.data.ratings import to_dense
+from autorec_jax.distributed.parallel import Parallel
 from autorec_jax.errors import CheckpointError, ConfigError
 from autorec_jax.kernel import KernelDense, kernel_penalty, local_kernel
 from autorec_jax.losses import loss_denominator, masked_sse
 from autorec_jax.run import cli
+from autorec_jax.train import complete_batch
 from synthetic import random_ratings
 from test_train import toy_config, toy_rows
 
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 MODES = ["jit", pytest.param("pmap", marks=needs_devices)]
+ALL_MODES = [*MODES, pytest.param("sharded", marks=needs_devices)]
 
 
 class LayerNormAutoRec(nn.Module):
@@ -101,7 +104,7 @@ def kernel_config(**overrides):
                       lambda_2=0.2, loss="observed", lr=0.1, **overrides)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_the_kernel_penalty_enters_once_whatever_the_devices(mode):
     """One SGD step equals one taken by hand on loss + lambda_s ||K||^2 + lambda_2 ||W||^2."""
     config = kernel_config()
@@ -214,7 +217,7 @@ def lbfgs_by_hand(config, start, x, steps):
     return params
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_lbfgs_steps_equal_optax_lbfgs_on_the_global_objective(mode):
     config = toy_config(optimizer="lbfgs", batch_size=0, loss="observed", weight_decay=0.01)
     params, metrics, dense = run_own_loop(config, mode, steps=3, batch_rows=40)
@@ -235,3 +238,31 @@ def test_lbfgs_through_optimizer_equals_the_configs():
     injected, _, _ = run_own_loop(adam, "jit", steps=2, batch_rows=40,
                                   optimizer=optax.lbfgs(memory_size=10))
     chex.assert_trees_all_close(injected, by_config, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_the_line_search_objective_and_its_gradient_are_the_global_ones(mode):
+    """`objective_fn` (optax.lbfgs's value_fn) and its gradient, on any split of the rows."""
+    config = kernel_config()
+    rows = toy_rows(seed=1)
+    x = jnp.asarray(to_dense(rows)[:32])
+    parallel = Parallel.create(mode)
+    state = ar.create_train_state(config, rows.num_cols, jax.random.key(0))
+
+    def per_device(state, batch, *, axis_name):
+        keys = ar.step_keys(jax.random.key(1), state.step, axis_name)
+        value_fn = ar.objective_fn(state, batch, keys, config=config, axis_name=axis_name)
+        return jax.value_and_grad(value_fn)(state.params)
+
+    compiled = parallel.compile(per_device, in_axes=(None, 0))
+    value, grads = compiled(parallel.replicate(state, row_width=rows.num_cols),
+                            parallel.split_rows(complete_batch({"ratings": x})))
+    module = networks.resolve_model(config, rows.num_cols)
+
+    def objective(p):
+        sse, count = masked_sse(module.apply({"params": p}, x, train=False), x, x != 0)
+        return sse / count + kernel_penalty(p, 0.5, 0.2)
+
+    expected_value, expected_grads = jax.value_and_grad(objective)(state.params)
+    assert float(value) == pytest.approx(float(expected_value), rel=1e-5)
+    chex.assert_trees_all_close(jax.device_get(grads), expected_grads, atol=1e-5, rtol=1e-4)
