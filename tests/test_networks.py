@@ -266,3 +266,11 @@ def test_the_line_search_objective_and_its_gradient_are_the_global_ones(mode):
     expected_value, expected_grads = jax.value_and_grad(objective)(state.params)
     assert float(value) == pytest.approx(float(expected_value), rel=1e-5)
     chex.assert_trees_all_close(jax.device_get(grads), expected_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_a_kernel_run_logs_its_penalty_and_a_plain_run_does_not():
+    ratings = random_ratings(num_users=21, num_items=30, density=0.3)
+    kernel = ar.train_and_evaluate(kernel_config(epochs=1), ratings=ratings)
+    plain = ar.train_and_evaluate(toy_config(epochs=1), ratings=ratings)
+    assert kernel.history[0]["train_penalty"] > 0 and "train_penalty" not in plain.history[0]
+    assert kernel.summary["model"] == "autorec_jax.kernel.KernelAutoRec"

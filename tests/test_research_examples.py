@@ -20,7 +20,8 @@ from synthetic import random_ratings, udata_text
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "research"
 NAMES = ["clip_and_noise", "encoder_decoder_lr", "hidden_l1", "entry_weights",
-         "per_row_grad_norms", "layer_norms", "optimizer_swap", "own_loop"]
+         "per_row_grad_norms", "layer_norms", "optimizer_swap", "own_loop", "own_module",
+         "lbfgs"]
 RATINGS = random_ratings(num_users=24, num_items=32, density=0.3, seed=0)
 needs_devices = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 
@@ -256,7 +257,7 @@ def keep_log_level():
 EXTRA_FLAGS = {"clip_and_noise": ["--clip-norm", "0.1", "--noise-std", "1e-3"],
                "encoder_decoder_lr": ["--decoder-lr", "0.001"], "hidden_l1": ["--l1", "0.1"],
                "entry_weights": ["--power", "1"], "per_row_grad_norms": ["--rows", "4"],
-               "optimizer_swap": ["--optimizer-name", "adamw"]}
+               "optimizer_swap": ["--optimizer-name", "adamw"], "lbfgs": ["--batch-size", "0"]}
 
 
 @pytest.mark.parametrize("name, mode", [(name, "jit") for name in NAMES] + [
@@ -275,3 +276,37 @@ def test_main_rejects_a_bad_config_value_with_status_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load("clip_and_noise").main(["--dropout", "1.5", "--compilation-cache", "off"])
     assert exit_info.value.code == 2 and "model.dropout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["jit", pytest.param("pmap", marks=needs_devices)])
+def test_own_module_trains_the_layer_norm_network_and_scores_like_numpy(mode):
+    module = load("own_module")
+    config = small_config(parallel=mode, hidden=(5,), epochs=2)
+    result = module.run(config, RATINGS)
+    params = host(result.params)
+    assert set(params) == {"encoder", "norm", "decoder"}
+    # Test RMSE from the params by hand: sigmoid, layer norm (eps 1e-6), linear decoder.
+    x = to_dense(row_matrix(result.experiment.train, "item")).astype(np.float64)
+    code = sigmoid(x @ params["encoder"]["kernel"] + params["encoder"]["bias"])
+    normed = (code - code.mean(1, keepdims=True)) / np.sqrt(code.var(1, keepdims=True) + 1e-6)
+    pred = (normed * params["norm"]["scale"] + params["norm"]["bias"]) @ params[
+        "decoder"]["kernel"] + params["decoder"]["bias"]
+    test = result.experiment.test
+    pred = pred[test.items, test.users]
+    if config.train.clip_predictions:
+        pred = np.clip(pred, result.experiment.train.ratings.min(),
+                       result.experiment.train.ratings.max())
+    err = pred - test.ratings
+    assert result.summary["test_rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-5)
+
+
+def test_lbfgs_example_equals_the_configs_lbfgs():
+    module = load("lbfgs")
+    config = small_config(batch_size=0, weight_decay=0.0, epochs=3, loss="observed")
+    injected = module.run(config, RATINGS)
+    by_config = ar.train_and_evaluate(ar.replace(config, optimizer="lbfgs"), ratings=RATINGS)
+    chex.assert_trees_all_close(host(injected.params), host(by_config.params), atol=1e-6)
+    losses = [record["train_loss"] for record in injected.history]
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ar.ConfigError, match="full batch"):
+        module.run(small_config(), RATINGS)

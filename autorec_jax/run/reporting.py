@@ -82,6 +82,8 @@ def epoch_record(epoch: int, step: int, metrics: dict, seconds: float, entries: 
             record[key] = float(values[-1])      # computed on the epoch's last step
         elif key.startswith("train/"):
             record[key] = float(np.mean(values))
+    if np.any(np.asarray(metrics.get("penalty", 0.0)) != 0):  # a loss's global penalty
+        record["train_penalty"] = float(np.mean(metrics["penalty"]))
     return record
 
 
