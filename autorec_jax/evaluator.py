@@ -143,7 +143,8 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
             block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
                                             jnp.sum(relevant_BxN, 1), ks)
             return carry, (sums, entries, block_ranks)
-        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN)
+        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN,
+                                     carry_is_empty=index_KxB.shape[0] == 1)
         return carry, (sums, entries, {})
 
     carry = ranking.empty_topk(num_users, kmax)

@@ -78,7 +78,8 @@ def merge_topk(scores_UxC: jax.Array, items_UxC: jax.Array, relevant_UxC: jax.Ar
     return -negated_UxC[:, :k], items_UxC[:, :k], relevant_UxC[:, :k]
 
 
-def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU: jax.Array):
+def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU: jax.Array, *,
+                 carry_is_empty: bool = False):
     """Folds one block of B candidate items (ascending item index, after every item already in
     `carry`) into the running top-k of each user; `carry` = (scores, items, relevant) [U, k],
     best first (ties: lower item first).
@@ -88,7 +89,7 @@ def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU:
     keeps the earlier position on a tie: the lower item), then a merge of the two sorted
     lists by comparison counts, the carry first on a tie (its items are lower): elementwise
     work over [U, k, k], where a second `lax.top_k` over [U, 2k] costs ~1.6 us per user on
-    XLA:CPU.
+    XLA:CPU. `carry_is_empty` (the caller knows it is `empty_topk`'s) skips the merge.
     """
     k = carry[0].shape[1]
     num_users, block = scores_UxB.shape
@@ -102,8 +103,10 @@ def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU:
         return tuple(jnp.take_along_axis(x, order_UxK, axis=1)
                      for x in (scores_UxC, items_UxC, relevant_UxC))
     block_UxK, top_UxK = block_top_k(scores_UxB.T, k)
-    found = (block_UxK, items_B[top_UxK], relevant_BxU[top_UxK, users_Ux1])
-    return merge_sorted(carry, found)
+    # A -inf slot is no candidate's: not relevant, as the empty carry's that fill it in a merge.
+    found = (block_UxK, items_B[top_UxK],
+             relevant_BxU[top_UxK, users_Ux1] & (block_UxK > NEG_INF))
+    return found if carry_is_empty else merge_sorted(carry, found)
 
 
 GROUP = 8   # `block_top_k`'s group of rows; groups are used from 4 k groups on
@@ -200,7 +203,8 @@ def heldout_ndcg_sums(user_E: jax.Array, item_E: jax.Array, rating_E: jax.Array,
     if packed:
         # Each entry's rank in its user by prediction (ties: lower item), in entry order; the
         # gains best first per user, in user order.
-        pred_rank_E = _ranks_in_users(user_E, _sortable(-pred_E), item_E, num_items)
+        pred_rank_E = _ranks_in_users(user_E, _sortable(-pred_E), item_E, num_users,
+                                      num_items)
         by_pred = (user_E, pred_rank_E, gain_E)
         neg_gain_E = _sortable(-gain_E)
         sorted_E = jnp.sort(neg_gain_E)
@@ -248,8 +252,8 @@ def _ranks_from_starts(users_E: jax.Array) -> jax.Array:
     return position_E - jax.lax.cummax(jnp.where(starts_E, position_E, 0))
 
 
-def _ranks_in_users(user_E: jax.Array, key_E: jax.Array, item_E: jax.Array, num_items: int
-                    ) -> jax.Array:
+def _ranks_in_users(user_E: jax.Array, key_E: jax.Array, item_E: jax.Array, num_users: int,
+                    num_items: int) -> jax.Array:
     """Each entry's rank among its user's entries by (key, item) ascending: int [E].
 
     Three sorts of one int32 key each and binary searches: the key's dense rank d; the rank r
@@ -261,21 +265,26 @@ def _ranks_in_users(user_E: jax.Array, key_E: jax.Array, item_E: jax.Array, num_
     tied_E = dense_E * num_items + item_E
     unique_E = _lower_bound(jnp.sort(tied_E), tied_E)
     packed_E = user_E * size + unique_E
-    sorted_E = jnp.sort(packed_E)
-    return _lower_bound(sorted_E, packed_E) - _lower_bound(sorted_E, user_E * size)
+    place_E = _lower_bound(jnp.sort(packed_E), packed_E)
+    # Minus the entries of lower users: where the user's run starts.
+    count_V = jax.ops.segment_sum(jnp.ones_like(user_E), user_E, num_users + 1)
+    return place_E - (jnp.cumsum(count_V) - count_V)[user_E]
 
 
 def _lower_bound(sorted_E: jax.Array, query_Q: jax.Array) -> jax.Array:
-    """`jnp.searchsorted(sorted_E, query_Q)` (side left): a binary search unrolled over the
-    log2(E) steps; jnp's runs a while loop whose constant start trips shard_map's varying
-    check when the arrays vary over devices."""
-    low_Q, high_Q = jnp.zeros_like(query_Q), jnp.full_like(query_Q, sorted_E.shape[0])
-    for _ in range(max(sorted_E.shape[0], 1).bit_length()):
+    """`jnp.searchsorted(sorted_E, query_Q)` (side left), a binary search whose loop state
+    starts from `query_Q`: jnp's starts from constants, which shard_map's varying check
+    refuses when the arrays vary over devices."""
+    size = sorted_E.shape[0]
+
+    def step(_, bounds):
+        low_Q, high_Q = bounds
         mid_Q = (low_Q + high_Q) // 2
-        ahead_Q = (mid_Q < high_Q) & (sorted_E[jnp.minimum(mid_Q, sorted_E.shape[0] - 1)]
-                                      < query_Q)
-        low_Q, high_Q = jnp.where(ahead_Q, mid_Q + 1, low_Q), jnp.where(ahead_Q, high_Q, mid_Q)
-    return low_Q
+        ahead_Q = (mid_Q < high_Q) & (sorted_E[jnp.minimum(mid_Q, size - 1)] < query_Q)
+        return jnp.where(ahead_Q, mid_Q + 1, low_Q), jnp.where(ahead_Q, high_Q, mid_Q)
+
+    zero_Q = query_Q * 0
+    return jax.lax.fori_loop(0, max(size, 1).bit_length(), step, (zero_Q, zero_Q + size))[0]
 
 
 def _sortable(x: jax.Array) -> jax.Array:
