@@ -139,7 +139,8 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
                 ranked_BxN = jnp.pad(ranked_BxN, ((0, 0), (0, kmax - width)),
                                      constant_values=ranking.NEG_INF)
                 relevant_BxN = jnp.pad(relevant_BxN, ((0, 0), (0, kmax - width)))
-            _, top_BxK = jax.lax.top_k(ranked_BxN, kmax)   # ties: the lower item first
+            # Ties: the lower item first.
+            _, top_BxK = ranking.block_top_k(ranked_BxN, kmax, rows_first=False)
             block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
                                             jnp.sum(relevant_BxN, 1), ks)
             return carry, (sums, entries, block_ranks)

@@ -112,33 +112,45 @@ def running_topk(carry, scores_UxB: jax.Array, items_B: jax.Array, relevant_BxU:
 GROUP = 8   # `block_top_k`'s group of rows; groups are used from 4 k groups on
 
 
-def block_top_k(scores_BxU: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """`lax.top_k(scores_BxU.T, k)`, equal to it (ties included), without transposing B x U.
+def block_top_k(scores_BxU: jax.Array, k: int, *, rows_first: bool = True
+                ) -> tuple[jax.Array, jax.Array]:
+    """`lax.top_k(scores_BxU.T, k)`, equal to it (ties included), without transposing B x U;
+    `rows_first=False`: `lax.top_k(scores_UxB, k)` of scores given as [U, B].
 
-    The rows are cut into groups of `GROUP`; each column's k best rows lie in its k best
+    The B rows are cut into groups of `GROUP`; each user's k best rows lie in its k best
     groups by their maxima (ties: the lower group): a row outside them would have k groups
     ahead of it, each with a row at least as good and, when equal, lower. So `lax.top_k`
     runs over [U, B / GROUP] maxima and then over [U, k * GROUP] candidates in row order
-    (its per-row cost dominates on XLA:CPU, and the [B, U] -> [U, B] transpose it needs
-    costs as much as the top k itself).
+    (its cost per element dominates on XLA:CPU, and the [B, U] -> [U, B] transpose it
+    would need costs as much as the top k itself).
 
     Returns:
       (scores [U, k], rows [U, k]), best first; rows index the B rows.
     """
-    block, num_users = scores_BxU.shape
+    scores_UxB = None if rows_first else scores_BxU
+    block, num_users = scores_BxU.shape[::1 if rows_first else -1]
     full, tail = divmod(block, GROUP)
     if full + (tail > 0) < 4 * k:
-        return jax.lax.top_k(scores_BxU.T, k)
-    maxima_GxU = jnp.max(scores_BxU[:full * GROUP].reshape(full, GROUP, num_users), axis=1)
+        return jax.lax.top_k(scores_BxU.T if rows_first else scores_UxB, k)
+    if rows_first:
+        maxima_UxG = jnp.max(scores_BxU[:full * GROUP].reshape(full, GROUP, num_users),
+                             axis=1).T
+    else:
+        maxima_UxG = jnp.max(scores_UxB[:, :full * GROUP].reshape(num_users, full, GROUP),
+                             axis=2)
     if tail:   # a last, shorter group (no padded copy of the block)
-        maxima_GxU = jnp.concatenate([maxima_GxU, jnp.max(scores_BxU[full * GROUP:], axis=0,
-                                                          keepdims=True)])
-    _, best_UxK = jax.lax.top_k(maxima_GxU.T, k)
+        tail_Ux1 = (jnp.max(scores_BxU[full * GROUP:], axis=0)[:, None] if rows_first
+                    else jnp.max(scores_UxB[:, full * GROUP:], axis=1, keepdims=True))
+        maxima_UxG = jnp.concatenate([maxima_UxG, tail_Ux1], axis=1)
+    _, best_UxK = jax.lax.top_k(maxima_UxG, k)
     best_UxK = jnp.sort(best_UxK, axis=1)           # the candidates in row order
     rows_UxKxC = best_UxK[:, :, None] * GROUP + jnp.arange(GROUP)[None, None, :]
+    safe_UxKxC, users_Ux1x1 = jnp.minimum(rows_UxKxC, block - 1), jnp.arange(num_users)[
+        :, None, None]
+    picked_UxKxC = (scores_BxU[safe_UxKxC, users_Ux1x1] if rows_first
+                    else scores_UxB[users_Ux1x1, safe_UxKxC])
     # Past the last row (the shorter group, last in order): -inf, after every real row.
-    candidates_UxKxC = jnp.where(rows_UxKxC < block, scores_BxU[
-        jnp.minimum(rows_UxKxC, block - 1), jnp.arange(num_users)[:, None, None]], NEG_INF)
+    candidates_UxKxC = jnp.where(rows_UxKxC < block, picked_UxKxC, NEG_INF)
     scores_UxK, at_UxK = jax.lax.top_k(candidates_UxKxC.reshape(num_users, k * GROUP), k)
     rows_UxK = jnp.take_along_axis(rows_UxKxC.reshape(num_users, k * GROUP), at_UxK, axis=1)
     return scores_UxK, rows_UxK

@@ -284,7 +284,8 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
     @jax.jit   # one compilation for all of it
     def both_ways(scores_IxU, relevant_IxU, entries):
         out = {"grouped": ranking.block_top_k(scores_IxU, k),
-               "plain": jax.lax.top_k(scores_IxU.T, k)}
+               "plain": jax.lax.top_k(scores_IxU.T, k),
+               "grouped_by_user": ranking.block_top_k(scores_IxU.T, k, rows_first=False)}
         # Blocks of 250 (grouped), 3 (narrower than k), 447 (grouped, a shorter last group).
         fast = slow = ranking.empty_topk(num_users, k)
         for start, stop in ((0, 250), (250, 253), (253, num_items)):
@@ -300,7 +301,8 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
 
     out = jax.device_get(both_ways(jnp.asarray(scores_IxU, jnp.float32),
                                    jnp.asarray(relevant_IxU), entries))
-    for got, want in [*zip(out["grouped"], out["plain"]), *zip(out["fast"], out["slow"]),
+    for got, want in [*zip(out["grouped"], out["plain"]),
+                      *zip(out["grouped_by_user"], out["plain"]), *zip(out["fast"], out["slow"]),
                       (out["single"][0], out["single_slow"][0]),
                       (out["single"][2], out["single_slow"][2])]:
         np.testing.assert_array_equal(got, want)
