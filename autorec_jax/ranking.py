@@ -161,8 +161,9 @@ def merge_sorted(first, second):
     on equal scores `first`'s entry ranks before `second`'s (a stable merge).
 
     Each entry's place in the merged list is its own rank plus the number of the other
-    list's entries ahead of it; the places are distinct, so each of the k first is picked
-    by one comparison.
+    list's entries ahead of it; the places are distinct (a permutation of 0..2k-1), so one
+    scatter of the sources and one gather per array make the merged list, and nothing
+    bigger than [U, 2k] is stored (the [U, k, k] comparisons are summed as they are made).
     """
     k = first[0].shape[1]
     a_UxK, b_UxK = first[0], second[0]
@@ -171,15 +172,11 @@ def merge_sorted(first, second):
     ranks_1xK = jnp.arange(k)[None, :]
     place_Ux2K = jnp.concatenate([ranks_1xK + ahead_of_a_UxK, ranks_1xK + ahead_of_b_UxK],
                                  axis=1)
-    pick_Ux2KxK = place_Ux2K[:, :, None] == ranks_1xK[None]
-    merged = []
-    for x_a, x_b in zip(first, second):
-        x_Ux2K = jnp.concatenate([x_a, x_b], axis=1)[:, :, None]
-        if x_Ux2K.dtype == jnp.bool_:
-            merged.append(jnp.any(pick_Ux2KxK & x_Ux2K, axis=1))
-        else:   # exactly one pick per place: a sum of one value and zeros (-inf stays -inf)
-            merged.append(jnp.sum(jnp.where(pick_Ux2KxK, x_Ux2K, 0), axis=1))
-    return tuple(merged)
+    users_Ux1 = jnp.arange(place_Ux2K.shape[0])[:, None]
+    source_Ux2K = jnp.zeros_like(place_Ux2K).at[users_Ux1, place_Ux2K].set(
+        jnp.broadcast_to(jnp.arange(2 * k), place_Ux2K.shape), mode="drop")
+    return tuple(jnp.take_along_axis(jnp.concatenate([x_a, x_b], axis=1), source_Ux2K[:, :k],
+                                     axis=1) for x_a, x_b in zip(first, second))
 
 
 def empty_topk(num_users: int, k: int):
