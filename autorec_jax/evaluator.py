@@ -96,7 +96,7 @@ def eval_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, *,
 def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: jax.Array, *,
                 apply_fn: Callable, max_nnz_inputs: int, max_nnz_targets: int,
                 users_are_rows: bool, num_users: int, ks: tuple[int, ...], threshold: float,
-                clip_range: tuple[float, float] | None = None,
+                num_items: int | None = None, clip_range: tuple[float, float] | None = None,
                 axis_name: str | None = None) -> dict[str, jax.Array]:
     """`eval_blocks`' sums and the ranking metrics' sums (`ranking`), from one inference pass.
 
@@ -107,6 +107,8 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
       users_are_rows: the rows are users (U-AutoRec): a user's scores are a row of the
         reconstruction; else (I-AutoRec) a column, ranked by a running top-K over the blocks.
       num_users: U, the users' count (the row width N for I-AutoRec).
+      num_items: the items' count, when known: the held-out ranks then come from cheaper
+        sorts (`ranking.heldout_ndcg_sums`); the same metrics either way.
       ks: the cut-offs; threshold: the smallest relevant held-out rating (full ranking).
 
     Returns:
@@ -137,11 +139,13 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
                 ranked_BxN = jnp.pad(ranked_BxN, ((0, 0), (0, kmax - width)),
                                      constant_values=ranking.NEG_INF)
                 relevant_BxN = jnp.pad(relevant_BxN, ((0, 0), (0, kmax - width)))
-            _, top_BxK = jax.lax.top_k(ranked_BxN, kmax)   # ties: the lower item first
+            # Ties: the lower item first.
+            _, top_BxK = ranking.block_top_k(ranked_BxN, kmax, rows_first=False)
             block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
                                             jnp.sum(relevant_BxN, 1), ks)
             return carry, (sums, entries, block_ranks)
-        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN)
+        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN,
+                                     carry_is_empty=index_KxB.shape[0] == 1)
         return carry, (sums, entries, {})
 
     carry = ranking.empty_topk(num_users, kmax)
@@ -149,13 +153,17 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         carry = pvary_if(carry, axis_name)
     carry, (sums_K, entries_KxE, block_ranks_K) = jax.lax.scan(block, carry,
                                                                (index_KxB, rows_KxB))
-    # Held-out ranking: every device's entries, then one sort (a user's entries may sit on
-    # several devices when rows are items).
-    user_E, item_E, rating_E, pred_E, valid_E = (
-        gather_if(x, axis_name).reshape(-1) for x in entries_KxE)
-    ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E, num_users, ks)
+    # Held-out ranking. User rows: a user's entries are all in one of this device's rows, so
+    # each device ranks its own and the sums add up. Item rows: a user's entries may sit on
+    # several devices; every device's entries, then one ranking.
+    if not users_are_rows:
+        entries_KxE = [gather_if(x, axis_name) for x in entries_KxE]
+    user_E, item_E, rating_E, pred_E, valid_E = (x.reshape(-1) for x in entries_KxE)
+    ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E, num_users, ks,
+                                      num_items)
     if users_are_rows:
-        ranks.update(psum_if({k: jnp.sum(v) for k, v in block_ranks_K.items()}, axis_name))
+        ranks = psum_if({**ranks, **{k: jnp.sum(v) for k, v in block_ranks_K.items()}},
+                        axis_name)
     else:
         scores_UxK, items_UxK, relevant_UxK = carry
         # Each user's relevant held-out ratings, from the entries (all devices' already).

@@ -245,3 +245,67 @@ def test_a_run_without_selection_reports_the_final_ranking(together):
     want = evaluate(result.experiment, result.params, ("test",), ranking=True)["test"]
     for key in ("ndcg@5", "recall@3", "heldout_ndcg", "mrr@5"):
         np.testing.assert_allclose(result.summary[f"test_{key}"], want[key], rtol=1e-6)
+
+
+def _running_topk_reference(carry, scores_UxB, items_B, relevant_BxU):
+    """The fold before the grouped top k and the merge by counts: the block's `lax.top_k`
+    over [U, B], then `lax.top_k` over the 2k of carry and block (the carry first on ties)."""
+    k = carry[0].shape[1]
+    num_users, block = scores_UxB.shape
+    if block > k:
+        block_UxK, top_UxK = jax.lax.top_k(scores_UxB, k)
+    else:
+        block_UxK, top_UxK = scores_UxB, jnp.broadcast_to(jnp.arange(block), scores_UxB.shape)
+    found = (block_UxK, items_B[top_UxK], relevant_BxU[top_UxK, jnp.arange(num_users)[:, None]])
+    joined = [jnp.concatenate([mine, theirs], axis=1) for mine, theirs in zip(carry, found)]
+    _, order_UxK = jax.lax.top_k(joined[0], k)
+    return tuple(jnp.take_along_axis(x, order_UxK, axis=1) for x in joined)
+
+
+def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
+    """The grouped top k, the merge by counts (and its skip for one block) and the held-out
+    ranks from single-key sorts give what the plain `lax.top_k` / multi-key sort paths give,
+    on scores full of ties, -inf (no candidate) and a user with fewer candidates than k."""
+    rng = np.random.default_rng(7)
+    num_items, num_users, k = 700, 6, 5
+    scores_IxU = np.round(rng.normal(size=(num_items, num_users)))   # ties, in and across groups
+    scores_IxU[rng.random(scores_IxU.shape) < 0.3] = -np.inf
+    scores_IxU[:, 0] = -np.inf
+    scores_IxU[[3, 650], 0] = 1.0                                           # 2 candidates < k
+    relevant_IxU = rng.random(scores_IxU.shape) < 0.2
+    relevant_IxU[:, 0] = True          # user 0's -inf slots too (no candidate: not counted)
+    users, items = np.nonzero(rng.random((30, 40)) < 0.4)
+    order = rng.permutation(len(users))
+    entries = {"user_E": users[order], "item_E": items[order],
+               "rating_E": rng.integers(1, 6, len(users)).astype(np.float32),
+               "pred_E": (np.round(rng.normal(size=len(users)) * 2) / 2).astype(np.float32),
+               "valid_E": rng.random(len(users)) > 0.1}           # tied predictions, padding
+
+    @jax.jit   # one compilation for all of it
+    def both_ways(scores_IxU, relevant_IxU, entries):
+        out = {"grouped": ranking.block_top_k(scores_IxU, k),
+               "plain": jax.lax.top_k(scores_IxU.T, k),
+               "grouped_by_user": ranking.block_top_k(scores_IxU.T, k, rows_first=False)}
+        # Blocks of 250 (grouped), 3 (narrower than k), 447 (grouped, a shorter last group).
+        fast = slow = ranking.empty_topk(num_users, k)
+        for start, stop in ((0, 250), (250, 253), (253, num_items)):
+            block = (scores_IxU[start:stop].T, jnp.arange(start, stop), relevant_IxU[start:stop])
+            fast, slow = ranking.running_topk(fast, *block), _running_topk_reference(slow, *block)
+        whole = (scores_IxU.T, jnp.arange(num_items), relevant_IxU)
+        out.update(fast=fast, slow=slow, single=ranking.running_topk(
+            ranking.empty_topk(num_users, k), *whole, carry_is_empty=True),
+            single_slow=_running_topk_reference(ranking.empty_topk(num_users, k), *whole),
+            packed=ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5), num_items=40),
+            sorted=ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5)))
+        return out
+
+    out = jax.device_get(both_ways(jnp.asarray(scores_IxU, jnp.float32),
+                                   jnp.asarray(relevant_IxU), entries))
+    for got, want in [*zip(out["grouped"], out["plain"]),
+                      *zip(out["grouped_by_user"], out["plain"]), *zip(out["fast"], out["slow"]),
+                      (out["single"][0], out["single_slow"][0]),
+                      (out["single"][2], out["single_slow"][2])]:
+        np.testing.assert_array_equal(got, want)
+    assert out["packed"]["heldout_users"] == out["sorted"]["heldout_users"] > 20
+    for key, value in out["sorted"].items():
+        np.testing.assert_allclose(out["packed"][key], value, rtol=1e-6, err_msg=key)

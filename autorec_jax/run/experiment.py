@@ -164,6 +164,7 @@ def ranking_options(config: Config, facts) -> dict:
     low, high = facts.rating_range
     threshold = config.train.relevance_threshold
     return dict(users_are_rows=config.data.orientation == "user", num_users=facts.num_users,
+                num_items=facts.num_items,
                 ks=tuple(config.train.ranking_k),
                 threshold=float(low + 0.75 * (high - low) if threshold is None
                                 else threshold / facts.rating_unit))  # device units
