@@ -46,11 +46,26 @@ def pytest_sessionfinish(session):
         shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-# Tests of the loop, the scripts and the policies (Python-level logic, no version-specific
-# JAX path) that cost the most (>= ~6 s each on a 2-core CPU, `pytest --durations`). They run
-# in the README's command; CI's second Python (3.13, `.ci/run`) skips them (`-m "not slow"`)
-# and keeps every parallel-mode, numerics and seam test, to stay inside CI's time limit.
+# The costliest tests (>= ~6 s each on a 2-core CPU, `pytest --durations`) whose code paths
+# cheaper tests also run: the loop, the scripts and the policies (Python-level logic), and
+# end-to-end repeats of equivalences that a cheaper test checks too. They run in the README's
+# command; CI's second Python (3.13, `.ci/run`) skips them (`-m "not slow"`), to stay inside
+# CI's time limit, and still runs pmap and sharded against jit (test_train's 8-device
+# cases, test_sharded, test_compose, test_ranking, test_networks, test_multi's other cases).
 SLOW_TESTS = frozenset({
+    "test_whole_runs_with_pmap_and_jit_agree",
+    "test_optimizer_swap_trains_with_lions_and_adamws_state",
+    "test_each_member_equals_the_same_model_trained_alone",
+    "test_restored_params_score_under_pmap",
+    "test_clip_and_noise_bounds_every_step_and_noise_is_shared_across_devices",
+    "test_entry_fields_reach_the_epoch_batches_in_csr_order",
+    "test_train_epoch_equals_its_steps_one_by_one",
+    "test_hidden_l1_lowers_the_activations_and_agrees_across_devices",
+    "test_encoder_decoder_lr_zero_decoder_lr_freezes_the_output_layer_only",
+    "test_per_row_grad_norms_reports_numpy_norms_that_add_up_to_the_batch_gradient",
+    "test_own_loop_agrees_across_devices_and_scores_like_a_numpy_forward_pass",
+    "test_deep_stack_and_every_activation_build",
+    "test_lbfgs_example_equals_the_configs_lbfgs",
     "test_cli_exits_2_when_jax_fell_back_to_the_cpu_beside_a_tpu",
     "test_ctrl_c_during_training_stops_after_the_epoch_and_saves_it",
     "test_ensemble_script_end_to_end",
