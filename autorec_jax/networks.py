@@ -29,7 +29,7 @@ another module is refused.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,7 +38,6 @@ import jax.numpy as jnp
 from autorec_jax.errors import ConfigError
 
 PyTree = Any
-ModelArg = "nn.Module | Callable[..., nn.Module] | None"
 
 
 def builtin_model(model_config, num_outputs: int) -> nn.Module:
@@ -111,13 +110,6 @@ def accepts_row_ids(module: nn.Module) -> bool:
     parameters = inspect.signature(method).parameters
     return "row_ids" in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def is_builtin(module: nn.Module) -> bool:
-    """Whether the module is one `config.model.network` can name (built from the config)."""
-    from autorec_jax.kernel import KernelAutoRec
-    from autorec_jax.model import AutoRec
-    return type(module) in (AutoRec, KernelAutoRec)
 
 
 def identity(module: nn.Module) -> dict:
