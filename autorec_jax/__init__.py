@@ -2,7 +2,7 @@
 
 Importing the package touches no device and loads JAX only when a JAX-backed name is first
 used (so `autorec_jax.data` works without it). The public API:
-  config        d2l(), tiny(), paper(), honest(), Config, DataConfig, ModelConfig,
+  config        d2l(), tiny(), paper(), honest(), glocal(), Config, DataConfig, ModelConfig,
                 OptimConfig, TrainConfig, replace()
   a run         train_and_evaluate(config, out_dir, *, model=, optimizer=, loss_fn=,
                 grad_transform=, entry_fields=) -> TrainResult (state, history, summary, experiment, scores,
@@ -15,18 +15,23 @@ used (so `autorec_jax.data` works without it). The public API:
                 setup_many(configs, ...) -> (MultiExperiment, stacked TrainState);
                 run_epoch_many, evaluate_many, check_members, group_members, MembersDiffer
   own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=, model=),
-                create_train_state(config, N, rng, *, optimizer=, model=), Parallel
+                create_train_state(config, N, rng, *, optimizer=, model=, initial_params=),
+                Parallel
   model seam    resolve_model(config, N, model), networks.init_params, forward, identity
                 (`model=`: a Flax module or (config.model, N) -> module; the contract is in
                 autorec_jax/networks.py); KernelAutoRec, KernelDense, local_kernel,
-                kernel_penalty, make_kernel_loss (kernelised AutoRec, `--model kernel`)
+                kernel_penalty, make_kernel_loss (kernelised AutoRec, `--model kernel`);
+                GLocalK, global_kernel, global_conv, create_glocal_model (GLocal-K's
+                fine-tuning network), train_glocal, stage_configs, finetune_start (its two
+                stages, `--model glocal` / `--preset glocal`); `initial_params=` of
+                train_and_evaluate, setup and create_train_state (a warm start)
   step pieces   train_step, train_epoch, step_keys, compute_grads, apply_grads, norm_metrics,
                 layer_norms, TrainState, StepKeys, resolve_loss (the loss a step minimises),
                 objective_fn (the loss as a function of the params: a line search's value_fn)
   loss seam     LossTerms, ModelOutputs, reconstruction_loss, masked_sse, loss_denominator,
                 observed_mask
   optimiser     create_optimizer(optim_config), encoder_decoder_labels(params),
-                scale_by_rprop(initial_step) (iRprop-)
+                scale_by_rprop(initial_step) (iRprop-), with_restarts(tx, every) (L-BFGS restarts)
   research      per_row_grads(state, batch, rng, *, config, loss_fn=, model=)
   model         AutoRec (forward / encode / decode), create_model, init_params,
                 low_precision_matmul(x, kernel, dtype=bf16) (bf16 inputs, float32 products,
@@ -71,7 +76,7 @@ used (so `autorec_jax.data` works without it). The public API:
 import importlib
 
 from autorec_jax.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, d2l,
-                                honest, paper, replace, tiny)
+                                glocal, honest, paper, replace, tiny)
 from autorec_jax.errors import (AutoRecError, CheckpointError, ChecksumError, ConfigError,
                                 DataError, SourceUnavailableError, TrainingDivergedError,
                                 TrainingInterrupted)
@@ -104,12 +109,15 @@ _LAZY_MODULES = {
     "autorec_jax.networks": ("resolve_model",),
     "autorec_jax.kernel": ("KernelAutoRec", "KernelDense", "kernel_penalty", "local_kernel",
                            "make_kernel_loss"),
+    "autorec_jax.glocal_k": ("GLocalK", "create_glocal_model", "global_conv", "global_kernel"),
+    "autorec_jax.run.stages": ("finetune_start", "stage_configs", "train_glocal"),
     "autorec_jax.mixed_precision": ("low_precision_matmul",),
     "autorec_jax.run.members": ("MembersDiffer", "MultiExperiment", "check_members",
                                 "evaluate_many", "group_members", "run_epoch_many",
                                 "setup_many"),
     "autorec_jax.run.multi": ("train_many",),
-    "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop"),
+    "autorec_jax.optim": ("create_optimizer", "encoder_decoder_labels", "scale_by_rprop",
+                          "with_restarts"),
     "autorec_jax.distributed.parallel": ("Parallel",),
     "autorec_jax.distributed.steps": ("make_train_step",),
     "autorec_jax.research": ("per_row_grads",),
@@ -132,7 +140,8 @@ def __getattr__(name):
 __all__ = sorted([
     "AutoRecError", "CheckpointError", "ChecksumError", "Config", "ConfigError",
     "DataConfig", "DataError", "ModelConfig", "OptimConfig", "SourceUnavailableError",
-    "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "honest", "paper",
+    "TrainConfig", "TrainingDivergedError", "TrainingInterrupted", "d2l", "glocal", "honest",
+    "paper",
     "replace", "tiny",
     *_LAZY])
 

@@ -24,7 +24,7 @@ from autorec_jax.errors import ConfigError
 # validating a config imports no data code.
 DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small")
 SEED_LIMIT = 2**32  # seeds must lie below: NumPy's RandomState (the book's split) takes 32 bits
-NETWORKS = ("autorec", "kernel")  # networks.builtin_model's (a test checks they match)
+NETWORKS = ("autorec", "kernel", "glocal")  # networks.builtin_model's (a test checks they match)
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh", "elu", "selu", "softplus", "gelu")
 DROPOUT_RNGS = ("hash", "jax")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -170,7 +170,9 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     network: str = "autorec"           # the built-in network (`--model`): "autorec" (model.py)
-                                       # or "kernel" (kernelised AutoRec, kernel.py); a Flax
+                                       # or "kernel" (kernelised AutoRec, kernel.py), or
+                                       # "glocal" (GLocal-K: kernel AutoRec pre-training, then
+                                       # fine-tuning on a smoothed matrix, glocal_k.py); a Flax
                                        # module of one's own goes through `model=` instead
     hidden: tuple[int, ...] = (500,)   # hidden layer widths, encoder first (500,250,500: deep)
     activation: str = "sigmoid"        # activation of every hidden layer (the encoder)
@@ -193,6 +195,12 @@ class ModelConfig:
     lambda_s: float = 0.0              # "kernel": weight of sum ||K||^2 (the kernels' support)
     lambda_2: float = 0.0              # "kernel": weight of sum ||W||^2 (use it with
                                        # optim.weight_decay 0: both penalise W)
+    glocal_pretrain_epochs: int = 30   # "glocal": epochs of the pre-training stage (the
+                                       # kernel AutoRec alone); train.epochs: fine-tuning's
+    glocal_kernel_size: int = 3        # "glocal": k of the k x k global kernel (odd)
+    glocal_dot_scale: float = 1.0      # "glocal": scale of the global kernel
+    glocal_rows: int = 0               # "glocal": the matrix's rows (the conv kernel map is
+                                       # [rows, k*k]); 0: set from the data by the run
 
     def __post_init__(self):
         _check_choice(self.network, "model.network", NETWORKS)
@@ -201,9 +209,18 @@ class ModelConfig:
         for name in ("lambda_s", "lambda_2"):
             value = getattr(self, name)
             _check(_is_real(value) and value >= 0, f"model.{name}", ">= 0", value)
-        _check(self.network == "kernel" or (self.lambda_s == 0 and self.lambda_2 == 0),
-               "model.lambda_s and model.lambda_2", "0 unless model.network is kernel",
-               (self.lambda_s, self.lambda_2))
+        _check(self.network != "autorec" or (self.lambda_s == 0 and self.lambda_2 == 0),
+               "model.lambda_s and model.lambda_2", "0 unless model.network is kernel or "
+               "glocal", (self.lambda_s, self.lambda_2))
+        _check(_is_int(self.glocal_pretrain_epochs) and self.glocal_pretrain_epochs >= 1,
+               "model.glocal_pretrain_epochs", "an integer >= 1", self.glocal_pretrain_epochs)
+        _check(_is_int(self.glocal_kernel_size) and self.glocal_kernel_size >= 1
+               and self.glocal_kernel_size % 2 == 1, "model.glocal_kernel_size",
+               "an odd integer >= 1", self.glocal_kernel_size)
+        _check(_is_real(self.glocal_dot_scale) and self.glocal_dot_scale > 0,
+               "model.glocal_dot_scale", "> 0", self.glocal_dot_scale)
+        _check(_is_int(self.glocal_rows) and self.glocal_rows >= 0, "model.glocal_rows",
+               "an integer >= 0", self.glocal_rows)
         _check(isinstance(self.hidden, tuple) and len(self.hidden) > 0
                and all(_is_int(h) and h > 0 for h in self.hidden),
                "model.hidden", "a non-empty tuple of positive integers", self.hidden)
@@ -236,6 +253,8 @@ class OptimConfig:
     lbfgs_memory: int = 10           # "lbfgs": the curvature pairs kept (optax.lbfgs's
                                      # memory_size); its zoom line search picks the step,
                                      # so lr is unused; full batch only
+    lbfgs_restart: int = 0           # "lbfgs": forget the pairs every this many steps (as
+                                     # scipy's L-BFGS-B run k iterations per call); 0: never
 
     def __post_init__(self):
         _check_choice(self.optimizer, "optim.optimizer", OPTIMIZERS)
@@ -252,6 +271,8 @@ class OptimConfig:
                self.decay_biases)
         _check(_is_int(self.lbfgs_memory) and self.lbfgs_memory >= 1, "optim.lbfgs_memory",
                "an integer >= 1", self.lbfgs_memory)
+        _check(_is_int(self.lbfgs_restart) and self.lbfgs_restart >= 0, "optim.lbfgs_restart",
+               "an integer >= 0", self.lbfgs_restart)
         _check(self.optimizer != "lbfgs" or self.decay_style == "coupled",
                "optim.decay_style", "coupled with optim.optimizer lbfgs (its decay is part "
                "of the objective the line search reads)", self.decay_style)
@@ -262,6 +283,8 @@ class TrainConfig:
     epochs: int = 25                 # passes over the training rows
     batch_size: int = 256            # rows (items for I-AutoRec) per step, over all devices;
                                      # 0: full batch, every training row in one step
+    shuffle: bool = True             # a new row order each epoch; false: rows in index
+                                     # order (GLocal-K's convolution needs it)
     last_batch: str = "rollover"     # leftover rows at an epoch's end: "rollover" (gluon:
                                      # carried into the next epoch), "pad", or "drop"
     loss: str = "book"               # "book": 0.5 * mean over all entries of the batch;
@@ -326,6 +349,7 @@ class TrainConfig:
                "train.eval_batch_size", "an integer >= 1", self.eval_batch_size)
         _check(_is_int(self.eval_every) and self.eval_every >= 1, "train.eval_every",
                "an integer >= 1", self.eval_every)
+        _check(isinstance(self.shuffle, bool), "train.shuffle", "true or false", self.shuffle)
         _check(isinstance(self.clip_predictions, bool), "train.clip_predictions",
                "true or false", self.clip_predictions)
         _check(_is_cold_start(self.cold_start), "train.cold_start",
@@ -377,6 +401,12 @@ class Config:
                "train.batch_size", "0 (full batch) with optim.optimizer lbfgs: its line "
                "search compares the objective at several points, which must be the same "
                "function", self.train.batch_size)
+        _check(self.model.network != "glocal" or (
+            self.train.batch_size == 0 and not self.train.shuffle and not self.data.parts),
+            "train.batch_size, train.shuffle and data.parts", "0, false and none with "
+            "model.network glocal (its convolution reads the whole matrix in row order: "
+            "--batch-size 0 --shuffle false, or --preset glocal)",
+            (self.train.batch_size, self.train.shuffle, self.data.parts))
         _check(self.train.early_stopping == 0 or self.data.valid_ratio > 0,
                "train.early_stopping", "0 unless data.valid_ratio > 0 (it watches "
                "validation RMSE; pass --valid-ratio 0.1)", self.train.early_stopping)
@@ -534,4 +564,22 @@ def honest() -> Config:
                   data=DataConfig(valid_ratio=0.1))
 
 
-PRESETS = {"d2l": d2l, "tiny": tiny, "paper": paper, "honest": honest}
+def glocal() -> Config:
+    """GLocal-K's setup for ML-100K (Han et al. 2021, usydnlp/Glocal_K): an I-AutoRec of kernel
+    layers (2 x 500 sigmoid, identity output, d = 5, no dropout), lambda_2 20, lambda_s 0.006,
+    the SSE (loss "sum"), full-batch L-BFGS (memory 10, restarted every 5 iterations as the
+    reference's scipy calls are), predictions clipped; 150 pre-training and 300 fine-tuning
+    L-BFGS iterations (the paper's 30 and 60 epochs of 5), a 3 x 3 global kernel of scale 1. Honest: 10% of the training ratings pick each stage's iteration count
+    (early stopping, patience 25), then both stages are retrained on all of them.
+    """
+    return Config(model=ModelConfig(network="glocal", hidden=(500, 500), dropout=0.0,
+                                    lambda_s=0.006, lambda_2=20.0,
+                                    glocal_pretrain_epochs=150),
+                  optim=OptimConfig(optimizer="lbfgs", weight_decay=0.0, lbfgs_restart=5),
+                  train=TrainConfig(loss="sum", batch_size=0, shuffle=False, epochs=300,
+                                    eval_batch_size=1 << 30, early_stopping=25,
+                                    retrain=True, clip_predictions=True),
+                  data=DataConfig(valid_ratio=0.1))
+
+
+PRESETS = {"d2l": d2l, "tiny": tiny, "paper": paper, "honest": honest, "glocal": glocal}

@@ -120,13 +120,16 @@ def create_kernel_model(model_config, num_outputs: int) -> KernelAutoRec:
 
 
 def kernel_penalty(params: PyTree, lambda_s: float, lambda_2: float) -> jax.Array:
-    """lambda_s sum ||K||^2 + lambda_2 sum ||W||^2 over the kernel layers of `params`."""
+    """lambda_s sum ||K||^2 + lambda_2 sum ||W||^2 over the kernel layers of `params`, at
+    any depth of the tree (GLocal-K's are under "local"), each layer once."""
     total = jnp.zeros((), jnp.float32)
     for layer in params.values():
         if isinstance(layer, dict) and {"W", "u", "v"} <= set(layer):
             kernel = local_kernel(layer["u"], layer["v"])
             total += lambda_s * jnp.sum(kernel * kernel) + lambda_2 * jnp.sum(
                 layer["W"] * layer["W"])
+        elif isinstance(layer, dict):
+            total += kernel_penalty(layer, lambda_s, lambda_2)
     return total
 
 

@@ -3,7 +3,8 @@
 `model=` (of `create_train_state`, `setup`, `train_and_evaluate`, `make_train_step`,
 `train_ensemble`, `run_protocol`, `load_run`, ...) takes:
   - None: the network `config.model.network` names (`model.AutoRec` for "autorec", the
-    kernelised AutoRec of `kernel.py` for "kernel"), built from `config.model`;
+    kernelised AutoRec of `kernel.py` for "kernel", GLocal-K's fine-tuning network of
+    `glocal_k.py` for "glocal"), built from `config.model`;
   - a Flax Linen module whose rows are N wide (its `num_outputs`, when it has one, must be N);
   - a function `(config.model, N) -> module`, called once per run with the row width.
 
@@ -46,6 +47,9 @@ def builtin_model(model_config, num_outputs: int) -> nn.Module:
     if network == "kernel":
         from autorec_jax.kernel import create_kernel_model
         return create_kernel_model(model_config, num_outputs)
+    if network == "glocal":
+        from autorec_jax.glocal_k import create_glocal_model
+        return create_glocal_model(model_config, num_outputs)
     from autorec_jax.model import create_model
     return create_model(model_config, num_outputs)
 
@@ -90,6 +94,25 @@ def init_params(module: nn.Module, rng: jax.Array, num_outputs: int) -> PyTree:
                           f"{list(out.shape)}; it must reconstruct the row ([1, "
                           f"{num_outputs}])")
     return module.init({"params": rng}, dummy, train=False)["params"]
+
+
+def check_params_like(params: PyTree, reference: PyTree) -> PyTree:
+    """`params` as float arrays, after checking that they have `reference`'s tree, shapes and
+    dtypes (one line naming the first difference).
+
+    Raises:
+      ConfigError: another tree structure, or a leaf of another shape or dtype.
+    """
+    got, want = jax.tree.structure(params), jax.tree.structure(reference)
+    if got != want:
+        raise ConfigError(f"initial params have the tree {got}, the model's params {want}")
+    for path, leaf, ref in zip(jax.tree_util.tree_leaves_with_path(params),
+                               jax.tree.leaves(params), jax.tree.leaves(reference)):
+        if jnp.shape(leaf) != ref.shape or jnp.result_type(leaf) != ref.dtype:
+            raise ConfigError(f"initial params {jax.tree_util.keystr(path[0])} are "
+                              f"{jnp.result_type(leaf)} {list(jnp.shape(leaf))}, the model's "
+                              f"{ref.dtype} {list(ref.shape)}")
+    return jax.tree.map(jnp.asarray, params)
 
 
 def forward(module: nn.Module, ratings_BxN: jax.Array, *, train: bool,

@@ -43,6 +43,8 @@ def create_optimizer(config: OptimConfig, *, lr=None,
     mask = None if config.decay_biases else kernels_only
     if config.optimizer == "lbfgs":
         tx = optax.lbfgs(learning_rate=None, memory_size=config.lbfgs_memory)
+        if config.lbfgs_restart:
+            tx = with_restarts(tx, config.lbfgs_restart)
         return with_decay_objective(tx, weight_decay, mask) if decays else tx
     if config.optimizer == "adam":
         scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
@@ -64,6 +66,27 @@ def create_optimizer(config: OptimConfig, *, lr=None,
             # After the descent step, so the sign is the descent's: -lr * wd * w.
             parts.append(optax.add_decayed_weights(-lr * weight_decay, mask=mask))
     return optax.chain(*parts)
+
+
+def with_restarts(tx: optax.GradientTransformationExtraArgs, every: int
+                  ) -> optax.GradientTransformationExtraArgs:
+    """`tx` started afresh (its state re-initialised from the params) before every
+    `every`-th update: L-BFGS that forgets its curvature pairs every k iterations, as
+    scipy's L-BFGS-B called k iterations at a time (GLocal-K's 5 per epoch) does.
+
+    The state is (tx's state, int32 updates done)."""
+    def init_fn(params):
+        return tx.init(params), jnp.zeros((), jnp.int32)
+
+    def update_fn(grads, state, params=None, **extra):
+        inner, count = state
+        restart = count % every == 0
+        inner = jax.tree.map(lambda fresh, old: jnp.where(restart, fresh, old),
+                             tx.init(params), inner)
+        updates, inner = tx.update(grads, inner, params, **extra)
+        return updates, (inner, count + 1)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def with_decay_objective(tx: optax.GradientTransformationExtraArgs, weight_decay,

@@ -50,7 +50,8 @@ def resolve_optimizer(config: Config, optimizer=None) -> optax.GradientTransform
 
 
 def create_train_state(config: Config, num_outputs: int, rng: jax.Array, *,
-                       optimizer=None, model=None) -> TrainState:
+                       optimizer=None, model=None, initial_params: PyTree | None = None
+                       ) -> TrainState:
     """A fresh state for rows of width `num_outputs` (N).
 
     Args:
@@ -58,10 +59,17 @@ def create_train_state(config: Config, num_outputs: int, rng: jax.Array, *,
         function of `config.optim` returning one.
       model: replaces the config's network: a Flax module or a function (config.model, N)
         -> module (the contract: `autorec_jax.networks`); `state.apply_fn` is its apply.
+      initial_params: start from these params (a warm start, e.g. GLocal-K's pre-trained
+        layers) instead of the module's init; the same tree, shapes and dtypes.
+
+    Raises:
+      ConfigError: `initial_params` is not shaped like the module's params.
     """
     module = networks.resolve_model(config, num_outputs, model)
-    state = TrainState.create(apply_fn=module.apply,
-                              params=networks.init_params(module, rng, num_outputs),
+    params = networks.init_params(module, rng, num_outputs)
+    if initial_params is not None:
+        params = networks.check_params_like(initial_params, params)
+    state = TrainState.create(apply_fn=module.apply, params=params,
                               tx=resolve_optimizer(config, optimizer))
     # An int32 array from the start, as every step returns it: one compiled signature. Each
     # leaf its own buffer: an optimiser's init may share one (optax.lbfgs's zeros), and a
@@ -94,10 +102,10 @@ def model_outputs(apply_fn: Callable, params: PyTree, ratings_BxN: jax.Array,
 
 def resolve_loss(config: Config, loss_fn: LossFn | None = None) -> LossFn:
     """The loss a step minimises: `loss_fn` (default: the masked reconstruction loss), with
-    the kernel penalty of `config.model` added when the network is "kernel"."""
+    the kernel penalty of `config.model` added when the network is "kernel" or "glocal"."""
     loss_fn = loss_fn or reconstruction_loss
     model = config.model
-    if model.network == "kernel" and (model.lambda_s > 0 or model.lambda_2 > 0):
+    if model.network in ("kernel", "glocal") and (model.lambda_s > 0 or model.lambda_2 > 0):
         from autorec_jax.kernel import make_kernel_loss
         return make_kernel_loss(model.lambda_s, model.lambda_2, loss_fn)
     return loss_fn

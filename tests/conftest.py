@@ -53,6 +53,8 @@ def pytest_sessionfinish(session):
 # CI's time limit, and still runs pmap and sharded against jit (test_train's 8-device
 # cases, test_sharded, test_compose, test_ranking, test_networks, test_multi's other cases).
 SLOW_TESTS = frozenset({
+    "test_stages_equal_their_composition_by_hand",
+    "test_an_interrupted_stage_resumes_and_no_stage_restarts",
     "test_whole_runs_with_pmap_and_jit_agree",
     "test_optimizer_swap_trains_with_lions_and_adamws_state",
     "test_each_member_equals_the_same_model_trained_alone",

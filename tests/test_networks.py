@@ -179,10 +179,11 @@ def test_the_model_argument_is_checked():
 
 
 def test_kernel_and_lbfgs_settings_are_validated_and_on_the_command_line():
-    assert set(config_lib.NETWORKS) == {"autorec", "kernel"}
+    assert set(config_lib.NETWORKS) == {"autorec", "kernel", "glocal"}
     for network in config_lib.NETWORKS:
-        assert networks.builtin_model(config_lib.replace(
-            config_lib.tiny(), network=network).model, 4) is not None
+        base = (config_lib.replace(config_lib.glocal(), glocal_rows=3) if network == "glocal"
+                else config_lib.replace(config_lib.tiny(), network=network))
+        assert networks.builtin_model(base.model, 4) is not None
     with pytest.raises(ConfigError, match="model.lambda_s and model.lambda_2"):
         config_lib.replace(config_lib.tiny(), lambda_s=0.1)
     with pytest.raises(ConfigError, match="train.batch_size must be 0"):
@@ -195,8 +196,9 @@ def test_kernel_and_lbfgs_settings_are_validated_and_on_the_command_line():
         "kernel", 0.006, 4)
 
 
-def lbfgs_by_hand(config, start, x, steps):
-    """optax.lbfgs on the full batch's loss + (wd / 2) ||w||^2, called directly."""
+def lbfgs_by_hand(config, start, x, steps, restart=0):
+    """optax.lbfgs on the full batch's loss + (wd / 2) ||w||^2, called directly (its state
+    re-initialised before every `restart`-th step when restart > 0)."""
     module = networks.resolve_model(config, x.shape[1])
     wd = config.optim.weight_decay
 
@@ -209,7 +211,9 @@ def lbfgs_by_hand(config, start, x, steps):
     tx = optax.lbfgs(learning_rate=None, memory_size=config.optim.lbfgs_memory)
     params, state = start, tx.init(start)
     value_and_grad = jax.value_and_grad(objective)
-    for _ in range(steps):
+    for step in range(steps):
+        if restart and step % restart == 0:
+            state = tx.init(params)
         value, grads = value_and_grad(params)
         updates, state = tx.update(grads, state, params, value=value, grad=grads,
                                    value_fn=objective)
@@ -229,6 +233,20 @@ def test_lbfgs_steps_equal_optax_lbfgs_on_the_global_objective(mode):
     moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params),
                                                            jax.tree.leaves(start)))
     assert moved > 1e-2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lbfgs_restarts_equal_optax_lbfgs_restarted_by_hand(mode):
+    config = toy_config(optimizer="lbfgs", batch_size=0, loss="observed", weight_decay=0.01,
+                        lbfgs_restart=2)
+    params, _, dense = run_own_loop(config, mode, steps=3, batch_rows=40)
+    start = ar.create_train_state(config, dense.shape[1], jax.random.key(0)).params
+    x = jnp.asarray(dense[np.random.default_rng(2).permutation(dense.shape[0])[:40]])
+    chex.assert_trees_all_close(params, lbfgs_by_hand(config, start, x, 3, restart=2),
+                                atol=2e-5)
+    without = lbfgs_by_hand(config, start, x, 3)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params),
+                                                          jax.tree.leaves(without))) > 1e-4
 
 
 def test_lbfgs_through_optimizer_equals_the_configs():

@@ -261,11 +261,13 @@ def epoch_data(placed: Placed, data: HostData, parallel: Parallel, index: np.nda
 def plan_epoch(config, data: HostData, batch_size: int, shuffle: np.random.Generator,
                carry: np.ndarray, seed: np.ndarray, epoch: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(batches int32 [S, B], the next carry): from `shuffle` over all rows, or per part."""
+    """(batches int32 [S, B], the next carry): from `shuffle` over all rows (rows in index
+    order without `train.shuffle`), or per part."""
     if data.parts is not None:
         return parts_lib.epoch_batches(data.parts, config.train.batch_size, seed, epoch), carry
-    return batching.epoch_batches(shuffle.permutation(data.num_rows).astype(np.int32), carry,
-                                  batch_size, config.train.last_batch)
+    order = (shuffle.permutation(data.num_rows) if config.train.shuffle
+             else np.arange(data.num_rows)).astype(np.int32)
+    return batching.epoch_batches(order, carry, batch_size, config.train.last_batch)
 
 
 def rows_per_step(config, data: HostData) -> int:

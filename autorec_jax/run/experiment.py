@@ -18,13 +18,14 @@ import numpy as np
 import tqdm
 
 from autorec_jax import networks
-from autorec_jax.run import checkpoint, policies, preflight, reporting, run_folder, runtime
+from autorec_jax.run import (checkpoint, policies, preflight, reporting, run_folder, runtime,
+                             stages)
 from autorec_jax.data import coldstart
 from autorec_jax.distributed import placement
 from autorec_jax.config import Config, replace, to_dict
 from autorec_jax.data import batching, loading
 from autorec_jax.data.ratings import Ratings
-from autorec_jax.errors import TrainingDivergedError, TrainingInterrupted
+from autorec_jax.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 from autorec_jax.evaluator import eval_blocks, rank_blocks, summarize
 from autorec_jax.losses import LossFn
 from autorec_jax.distributed.parallel import (CompileClock, Parallel, fetch, from_primary,
@@ -87,7 +88,8 @@ class Experiment:
 def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
           model=None, optimizer=None, loss_fn: LossFn | None = None,
           grad_transform: GradTransform | None = None,
-          entry_fields: EntryFields | None = None) -> tuple[Experiment, TrainState]:
+          entry_fields: EntryFields | None = None,
+          initial_params: PyTree | None = None) -> tuple[Experiment, TrainState]:
     """Loads and splits the data, places it on the device(s), builds the compiled calls.
 
     Nothing is compiled here: each call compiles on its first use of a shape, so injecting
@@ -104,13 +106,27 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
       entry_fields: name -> function of the training `Ratings` returning one float per
         rating (in that Ratings' order); each becomes a [B, N] batch field. "weights" is
         read by the default loss as per-entry weights.
+      initial_params: start from these params instead of a fresh init (a warm start; the
+        model's tree and shapes). With `model.network` "glocal", `model.glocal_rows` 0 is
+        set to the data's rows here, and `train.parallel` "auto" means "jit".
 
     Raises:
-      ConfigError: an idle accelerator (the message names the install that fixes it).
+      ConfigError: an idle accelerator (the message names the install that fixes it);
+        GLocal-K on several devices.
     """
     runtime.check_accelerator(config.train.allow_cpu)
-    parallel = Parallel.create(config.train.parallel, config.train.model_parallel)
+    mode = config.train.parallel
+    if config.model.network == "glocal" and mode == "auto":   # one device (see below)
+        mode = "jit"
+    parallel = Parallel.create(mode, config.train.model_parallel)
     data = placement.load(config, parallel, ratings, cache_dir, entry_fields)
+    if config.model.network == "glocal":
+        if parallel.num_devices > 1:
+            raise ConfigError(
+                f"GLocal-K runs on one device ({parallel.num_devices} here): its convolution "
+                "couples neighbouring rows of the whole matrix; use --parallel jit")
+        if config.model.glocal_rows == 0:
+            config = replace(config, glocal_rows=data.num_rows)
     if model is None and config.model.network == "autorec":  # the estimate knows AutoRec
         preflight.check_memory(config, data.num_rows, data.num_cols,
                                available_bytes=_device_memory(),
@@ -120,9 +136,9 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     init_rng, shuffle_rng, step_rng = jax.random.split(jax.random.key(config.seed), 3)
     # Built under jit straight into its layout: each device holds only its shard.
     module = networks.resolve_model(config, data.num_cols, model)
-    state = parallel.build(lambda rng: create_train_state(config, data.num_cols, rng,
-                                                          optimizer=optimizer, model=module),
-                           init_rng, row_width=data.num_cols)
+    state = parallel.build(lambda rng: create_train_state(
+        config, data.num_cols, rng, optimizer=optimizer, model=module,
+        initial_params=initial_params), init_rng, row_width=data.num_cols)
     placed = placement.place(data, parallel, config.train.eval_batch_size)
     data_axis = None if placed.layout == "replicated" else 0
     repeats = 2 if config.train.last_batch == "rollover" else 1
@@ -233,7 +249,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
                        grad_transform: GradTransform | None = None,
                        entry_fields: EntryFields | None = None, resume: bool = False,
                        overwrite: bool = False, progress: bool = False,
-                       stop_requested: Callable[[], bool] | None = None) -> TrainResult:
+                       stop_requested: Callable[[], bool] | None = None,
+                       initial_params: PyTree | None = None) -> TrainResult:
     """Trains AutoRec as configured, evaluating test RMSE/MAE; the one function with I/O.
 
     Args:
@@ -252,6 +269,11 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
       progress: show a tqdm bar instead of one log line per epoch.
       stop_requested: polled after each epoch; when it returns True the epoch is saved and
         `TrainingInterrupted` is raised.
+      initial_params: start from these params (see `setup`); not recorded in the folder:
+        pass them again on `resume` (a checkpoint, when there is one, replaces them).
+
+    With `model.network` "glocal" and neither `model` nor `initial_params`, the run is
+    GLocal-K's two stages (`run.stages`): pre-training, then fine-tuning, in sub-folders.
 
     Raises:
       TrainingDivergedError: a non-finite loss, or a finite blow-up (`train.
@@ -259,6 +281,12 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
       TrainingInterrupted: `stop_requested()` said so.
       CheckpointError: `resume` with another config, other data or a damaged checkpoint.
     """
+    if config.model.network == "glocal" and model is None and initial_params is None:
+        return stages.train_glocal(
+            config, out_dir, train_stage=train_and_evaluate, ratings=ratings,
+            cache_dir=cache_dir, optimizer=optimizer, loss_fn=loss_fn,
+            grad_transform=grad_transform, entry_fields=entry_fields, resume=resume,
+            overwrite=overwrite, progress=progress, stop_requested=stop_requested)
     # Only process 0 writes files (metrics, the summary); every process joins the
     # collective saves of checkpoints and the model into `save_dir`, which process 0 writes.
     run_dir = None if out_dir is None or not is_primary() else run_folder.claim(
@@ -267,8 +295,8 @@ def train_and_evaluate(config: Config, out_dir: str | Path | None = None, *,
         out_dir).expanduser()
     log.debug("config: %s", to_dict(config))
     experiment, state = setup(config, ratings, cache_dir, model=model, optimizer=optimizer,
-                              loss_fn=loss_fn,
-                              grad_transform=grad_transform, entry_fields=entry_fields)
+                              loss_fn=loss_fn, grad_transform=grad_transform,
+                              entry_fields=entry_fields, initial_params=initial_params)
     log.info("%s, %s split (seed %d): %d train / %d valid / %d test ratings; %d rows x %d; "
              "%s on %d %s device(s)", loading.dataset_label(
                  config.data, experiment.data.facts.split_files),

@@ -32,6 +32,8 @@ class Run:
 def load_run(run_dir: str | Path, *, model=None) -> Run:
     """Loads run.json, ids.json, model/ and summary.json without needing the model's code path.
 
+    A run of stages (`model.network` "glocal", `run.stages`) loads its final stage.
+
     Args:
       model: the module the run was trained with when it was not the config's network (a
         Flax module or a function (config.model, N) -> module, as given to training).
@@ -41,6 +43,10 @@ def load_run(run_dir: str | Path, *, model=None) -> Run:
         run's (run.json records which module made it).
     """
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists() and (run_dir / "summary.json").exists():
+        final = read_json(run_dir / "summary.json").get("final_stage")
+        if isinstance(final, str):   # a run of stages (GLocal-K): its final stage's model
+            return load_run(run_dir / final, model=model)
     try:
         identity = read_json(run_dir / "run.json")
         config = config_from_dict(identity.get("config", {}))
