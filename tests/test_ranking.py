@@ -272,6 +272,7 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
     scores_IxU[rng.random(scores_IxU.shape) < 0.3] = -np.inf
     scores_IxU[:, 0] = -np.inf
     scores_IxU[[3, 650], 0] = 1.0                                           # 2 candidates < k
+    scores_IxU[[697, 698], 1] = 9.0           # user 1's best two: in the shorter last group
     relevant_IxU = rng.random(scores_IxU.shape) < 0.2
     relevant_IxU[:, 0] = True          # user 0's -inf slots too (no candidate: not counted)
     users, items = np.nonzero(rng.random((30, 40)) < 0.4)
