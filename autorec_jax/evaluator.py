@@ -117,6 +117,11 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         sorts (`ranking.heldout_ndcg_sums`); the same metrics either way.
       ks: the cut-offs; threshold: the smallest relevant held-out rating (full ranking).
 
+    With `data.ranking` (a `ranking.HeldoutOrder` made with these `ks`, and each target
+    entry's place in the field `ranking.SLOT`) the held-out NDCG sorts only the predictions
+    (`ranking.heldout_ndcg_prepared`); without it, `ranking.heldout_ndcg_sums`. Either way
+    the blocks must cover every row of the set once (as `placed.eval_index` does).
+
     Returns:
       the RMSE sums per block ([K] each, summed over devices) and the ranking sums
       (`ranking.topk_sums`, `ranking.heldout_ndcg_sums`: scalars), identical on every device.
