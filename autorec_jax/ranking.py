@@ -154,19 +154,10 @@ def block_top_k(scores_BxU: jax.Array, k: int, *, rows_first: bool = True
     _, best_UxK = jax.lax.top_k(maxima_UxG, k)
     best_UxK = jnp.sort(best_UxK, axis=1)           # the candidates in row order
     rows_UxKxC = best_UxK[:, :, None] * GROUP + jnp.arange(GROUP)[None, None, :]
-    if rows_first:
-        safe_UxKxC, users_Ux1x1 = jnp.minimum(rows_UxKxC, block - 1), jnp.arange(num_users)[
-            :, None, None]
-        picked_UxKxC = scores_BxU[safe_UxKxC, users_Ux1x1]
-    else:   # each group is a contiguous slice of the user's row: gather slices, not elements
-        picked_UxKxC = jnp.take_along_axis(
-            scores_UxB[:, :full * GROUP].reshape(num_users, full, GROUP),
-            jnp.minimum(best_UxK, full - 1)[:, :, None], axis=1)
-        if tail:
-            tail_UxC = jnp.pad(scores_UxB[:, full * GROUP:], ((0, 0), (0, GROUP - tail)),
-                               constant_values=NEG_INF)
-            picked_UxKxC = jnp.where((best_UxK == full)[:, :, None], tail_UxC[:, None, :],
-                                     picked_UxKxC)
+    safe_UxKxC, users_Ux1x1 = jnp.minimum(rows_UxKxC, block - 1), jnp.arange(num_users)[
+        :, None, None]
+    picked_UxKxC = (scores_BxU[safe_UxKxC, users_Ux1x1] if rows_first
+                    else scores_UxB[users_Ux1x1, safe_UxKxC])
     # Past the last row (the shorter group, last in order): -inf, after every real row.
     candidates_UxKxC = jnp.where(rows_UxKxC < block, picked_UxKxC, NEG_INF)
     scores_UxK, at_UxK = jax.lax.top_k(candidates_UxKxC.reshape(num_users, k * GROUP), k)
