@@ -32,10 +32,14 @@ PyTree = Any
 @flax.struct.dataclass
 class EvalData:
     """Device-resident rows: `inputs` (the training ratings) and `targets` (held-out ones,
-    with the cold-start fields "cold" and "fallback" when given)."""
+    with the cold-start fields "cold" and "fallback" when given); `ranking`, when given, the
+    held-out set's `ranking.HeldoutOrder`, with each target entry's place in it as the
+    target field `ranking.SLOT` (`placement.heldout_ranking`): the held-out NDCG then sorts
+    only the predictions."""
 
     inputs: DeviceRows
     targets: DeviceRows
+    ranking: ranking.HeldoutOrder | None = None
 
 
 def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
@@ -54,7 +58,9 @@ def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
       summed over devices.
     """
     inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
-    heldout = densify_fields(data.targets, index_B, max_nnz_targets)
+    targets = data.targets.replace(fields={name: v for name, v in data.targets.fields.items()
+                                           if name != ranking.SLOT})
+    heldout = densify_fields(targets, index_B, max_nnz_targets)
     scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
     return psum_if(heldout_sums(scores_BxN, heldout)[0], axis_name)
 
@@ -111,6 +117,11 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         sorts (`ranking.heldout_ndcg_sums`); the same metrics either way.
       ks: the cut-offs; threshold: the smallest relevant held-out rating (full ranking).
 
+    With `data.ranking` (a `ranking.HeldoutOrder` made with these `ks`, and each target
+    entry's place in the field `ranking.SLOT`) the held-out NDCG sorts only the predictions
+    (`ranking.heldout_ndcg_prepared`); without it, `ranking.heldout_ndcg_sums`. Either way
+    the blocks must cover every row of the set once (as `placed.eval_index` does).
+
     Returns:
       the RMSE sums per block ([K] each, summed over devices) and the ranking sums
       (`ranking.topk_sums`, `ranking.heldout_ndcg_sums`: scalars), identical on every device.
@@ -122,6 +133,7 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         batch, width = index_B.shape[0], data.targets.num_cols
         inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
         flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
+        place_E = values.pop(ranking.SLOT, None)   # each entry's place in `data.ranking`
         heldout = scatter_entries(flat_E, values, batch, width)
         scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
         sums, pred_BxN = heldout_sums(scores_BxN, heldout)
@@ -129,7 +141,8 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         slot_E = jnp.minimum(flat_E, batch * width - 1)
         row_E, col_E = rows_B[slot_E // width], slot_E % width
         entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (
-            values["ratings"], pred_BxN.reshape(-1)[slot_E], valid_E)
+            values["ratings"], pred_BxN.reshape(-1)[slot_E], valid_E) + (
+            () if place_E is None else (place_E,))
         # Full ranking: candidates are the items without a training rating (real rows only).
         candidate_BxN = (inputs_BxN == 0) & (index_B >= 0)[:, None]
         ranked_BxN = jnp.where(candidate_BxN, scores_BxN, ranking.NEG_INF)
@@ -158,9 +171,17 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
     # several devices; every device's entries, then one ranking.
     if not users_are_rows:
         entries_KxE = [gather_if(x, axis_name) for x in entries_KxE]
-    user_E, item_E, rating_E, pred_E, valid_E = (x.reshape(-1) for x in entries_KxE)
-    ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E, num_users, ks,
-                                      num_items)
+    user_E, item_E, rating_E, pred_E, valid_E, *place_E = (x.reshape(-1) for x in entries_KxE)
+    if place_E and data.ranking is not None:   # data-only pieces from the host: sort preds
+        ranks = ranking.heldout_ndcg_prepared(data.ranking, place_E[0], pred_E, valid_E,
+                                              num_users, ks)
+        if not users_are_rows and axis_name is not None:
+            # Every device's sums are the same (all entries, one copy of the order each, which
+            # a sharded layout types as varying): device 0's, typed replicated.
+            ranks = {key: gather_if(value, axis_name)[0] for key, value in ranks.items()}
+    else:
+        ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E,
+                                          num_users, ks, num_items)
     if users_are_rows:
         ranks = psum_if({**ranks, **{k: jnp.sum(v) for k, v in block_ranks_K.items()}},
                         axis_name)

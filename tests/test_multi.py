@@ -71,7 +71,7 @@ def test_members_on_other_splits_and_a_run_folder_each(ratings, tmp_path):
     """Replicates of a protocol: each member draws its own split (seed = split seed) and
     writes its own run folder, readable as a single run's."""
     base = ar.replace(ar.tiny(), hidden=(8,), batch_size=8, epochs=2, parallel="jit",
-                      eval_batch_size=16, dropout=0.2)
+                      eval_batch_size=16, dropout=0.2, ranking="final")
     configs = [ar.replace(base, seed=s, split_seed=s) for s in (0, 1, 2)]
     folders = [tmp_path / f"m{k}" for k in range(3)]
     together = multi.train_many(configs, folders, ratings=ratings)
@@ -79,8 +79,10 @@ def test_members_on_other_splits_and_a_run_folder_each(ratings, tmp_path):
         alone = train_and_evaluate(config, ratings=ratings)
         assert member.experiment.test.ratings.tolist() == alone.experiment.test.ratings.tolist()
         assert max_diff(member.params, alone.params) <= 1e-6
-        np.testing.assert_allclose(member.summary["test_rmse"], alone.summary["test_rmse"],
-                                   rtol=1e-6)
+        # The ranking too: each member's held-out order, padded to the longest split's.
+        for key in ("test_rmse", "test_heldout_ndcg", "test_heldout_ndcg@10", "test_ndcg@10"):
+            np.testing.assert_allclose(member.summary[key], alone.summary[key], rtol=1e-6,
+                                       err_msg=key)
         summary = json.loads((folders[k] / "summary.json").read_text())
         assert summary["test_rmse"] == member.summary["test_rmse"]
         lines = (folders[k] / "metrics.jsonl").read_text().splitlines()

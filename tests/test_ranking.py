@@ -272,6 +272,7 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
     scores_IxU[rng.random(scores_IxU.shape) < 0.3] = -np.inf
     scores_IxU[:, 0] = -np.inf
     scores_IxU[[3, 650], 0] = 1.0                                           # 2 candidates < k
+    scores_IxU[[697, 698], 1] = 9.0           # user 1's best two: in the shorter last group
     relevant_IxU = rng.random(scores_IxU.shape) < 0.2
     relevant_IxU[:, 0] = True          # user 0's -inf slots too (no candidate: not counted)
     users, items = np.nonzero(rng.random((30, 40)) < 0.4)
@@ -309,3 +310,69 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
     assert out["packed"]["heldout_users"] == out["sorted"]["heldout_users"] > 20
     for key, value in out["sorted"].items():
         np.testing.assert_allclose(out["packed"][key], value, rtol=1e-6, err_msg=key)
+
+
+def test_prepared_heldout_order_matches_numpy_by_hand():
+    """`prepare_heldout`'s pieces (places, ranks, ideal DCG weights at every cut-off, the
+    counted users) by hand, then `heldout_ndcg_prepared` on shuffled entries with padding
+    slots, predictions tied within users (the lower item first) and users with one held-out
+    rating, against `reference` and against `heldout_ndcg_sums` (the device-only path)."""
+    users = np.array([2, 0, 0, 0, 1, 2, 2, 2, 3, 3, 4])
+    items = np.array([4, 2, 0, 1, 3, 1, 0, 3, 0, 1, 2])
+    ratings = np.array([5, 3, 1, 4, 5, 2, 5, 3, 5, 2, 0.5], np.float32)
+    # User 2: item 1 best, then items 0, 3, 4 tied; user 0: items 0, 2 tied; user 3: tied.
+    preds = np.array([2.0, 2.0, 2.0, 1.0, 3.0, 4.0, 2.0, 2.0, 1.0, 1.0, 3.0], np.float32)
+    ks = (1, 2)
+    slot, order = ranking.prepare_heldout(users, items, ratings, 5, ks, size=14)
+    by_hand = sorted(range(len(users)), key=lambda e: (users[e], items[e]))
+    np.testing.assert_array_equal(slot[by_hand], np.arange(len(users)))
+    assert order.user_P.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 5, 5, 5]
+    assert order.rank_P.tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 0, 1, 0, 0, 0, 0]
+    counted = (0, 2, 3)                     # users 1 and 4 have one held-out rating each
+    assert np.flatnonzero(order.first_P).tolist() == [0, 4, 8]
+    for e in range(len(users)):
+        u, place = users[e], int(slot[e])
+        gains = np.sort(2.0 ** ratings[users == u] - 1.0)[::-1]
+        for c, cut in enumerate([len(gains), *ks]):
+            ideal = sum(g / np.log2(i + 2) for i, g in enumerate(gains[:cut]))
+            want = (2.0 ** ratings[e] - 1.0) / ideal if u in counted else 0.0
+            np.testing.assert_allclose(order.weight_PxC[place, c], want, rtol=1e-6)
+    assert not order.weight_PxC[len(users):].any()
+    # The device part, from shuffled entries and two padding slots.
+    take = np.random.default_rng(1).permutation(len(users))
+    take = np.concatenate([take, take[:2]])
+    valid = np.arange(len(take)) < len(users)
+    entries = [jnp.asarray(x[take]) for x in (slot, users, items, ratings, preds)]
+    got = jax.jit(ranking.heldout_ndcg_prepared, static_argnums=(4, 5))(
+        order, entries[0], entries[4], jnp.asarray(valid), 5, ks)
+    device_only = ranking.heldout_ndcg_sums(*entries[1:], jnp.asarray(valid), 5, ks)
+    held_UxI, scores_UxI = np.zeros((5, 5)), np.zeros((5, 5))
+    held_UxI[users, items], scores_UxI[users, items] = ratings, preds
+    want = reference(np.ones((5, 5)), held_UxI, scores_UxI, ks=ks)
+    assert float(got["heldout_users"]) == want["heldout_users"] == 3
+    for key in ("heldout_ndcg", *(f"heldout_ndcg@{k}" for k in ks)):
+        np.testing.assert_allclose(float(got[key]) / 3, want[key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(got[key], device_only[key], rtol=1e-6, err_msg=key)
+    # Not every user's rows on this device (a user-rows share): only the given users count.
+    mine = valid & np.isin(users[take], [0, 1, 3])
+    part = ranking.heldout_ndcg_prepared(order, entries[0], entries[4], jnp.asarray(mine), 5,
+                                         ks)
+    part_want = reference(np.ones((5, 5)), held_UxI * np.isin(np.arange(5), [0, 1, 3])[:, None],
+                          scores_UxI, ks=ks)
+    assert float(part["heldout_users"]) == part_want["heldout_users"] == 2
+    np.testing.assert_allclose(float(part["heldout_ndcg"]) / 2, part_want["heldout_ndcg"],
+                               rtol=1e-6)
+
+
+def test_placed_heldout_sets_carry_their_order():
+    """Every whole-split layout places the held-out sets with their `HeldoutOrder` (the
+    evaluator's fast path: test_every_parallel_mode_agrees checks its results)."""
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=3)
+    for mode in ("jit", "pmap", "sharded"):
+        experiment, _ = setup(_config(parallel=mode, valid_ratio=0.1), ratings)
+        for name, data in experiment.placed.heldout.items():
+            rows = experiment.data.heldout_rows[name]
+            assert data.ranking is not None, (mode, name)
+            assert data.ranking.user_P.shape[-1] == max(
+                r.nnz for r in experiment.data.heldout_rows.values()) >= rows.nnz
+            assert ranking.SLOT in data.targets.fields

@@ -12,7 +12,7 @@ Three layouts, chosen by the mode and `data.parts`:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from autorec_jax.data import (batching, coldstart, loading, parts as parts_lib, 
                               split_files)
 from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_fingerprint, row_matrix,
                                       select_rows)
+from autorec_jax import ranking
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData
 from autorec_jax.distributed.parallel import Parallel
@@ -172,11 +173,19 @@ class Placed:
     row_offsets: np.ndarray | None = None
 
 
-def place(data: HostData, parallel: Parallel, eval_batch_size: int) -> Placed:
-    """Puts the training and held-out rows on the devices in this mode's layout."""
+def place(data: HostData, parallel: Parallel, eval_batch_size: int, *,
+          orientation: str = "item", ranking_k: Sequence[int] | None = None) -> Placed:
+    """Puts the training and held-out rows on the devices in this mode's layout; with
+    `ranking_k` (the ranking cut-offs) each held-out set with its `ranking.HeldoutOrder`
+    (`heldout_ranking`), except in the parts layout, whose host holds only its own parts
+    (the evaluator then ranks the held-out entries from the device alone)."""
     eval_index = parallel.shard(batching.blocks(data.num_rows, eval_batch_size))
     if data.device_rows is not None:
         return _place_parts(data, parallel, eval_index.shape[-1])
+    size = max(rows.nnz for rows in data.heldout_rows.values())
+    prepared = {name: heldout_ranking(rows, data.cold_fields[name], orientation,
+                                      data.facts.num_users, ranking_k, size)
+                for name, rows in data.heldout_rows.items()}
     if parallel.shares_rows:
         # Each device holds only its rows: its evaluation blocks' here, and each epoch's
         # batches' in `epoch_data` (a process builds its own devices' shares only).
@@ -185,26 +194,45 @@ def place(data: HostData, parallel: Parallel, eval_batch_size: int) -> Placed:
         target_size = max(batching.max_nnz(lengths, block_rows)
                           for lengths in data.heldout_lengths.values())
 
-        def eval_share(rows, fields):
+        def eval_share(rows, fields, order):
             def build(d):
                 inputs, local = take_rows(data.train_rows, eval_index[d], in_size)
                 return EvalData(inputs, take_rows(rows, eval_index[d], target_size,
-                                                  fields)[0]), local
+                                                  fields)[0], order), local
             return parallel.put_shares(build)
 
-        shared = {name: eval_share(rows, data.cold_fields[name])
+        shared = {name: eval_share(rows, *prepared[name])
                   for name, rows in data.heldout_rows.items()}
         return Placed(train_data=None, heldout={n: d for n, (d, _) in shared.items()},
                       eval_index=shared["test"][1], layout="shares", eval_rows=eval_index)
     train_data = parallel.replicate(to_device_rows(data.train_rows, fields=data.entry_fields))
-    # Held-out sets share one shape (padded CSR), hence one compiled evaluation.
-    pad_to = max(rows.nnz for rows in data.heldout_rows.values())
+    # Held-out sets share one shape (padded CSR, orders of `size` places), hence one
+    # compiled evaluation.
     heldout = {name: parallel.replicate(EvalData(
-                   to_device_rows(data.train_rows), to_device_rows(rows, pad_to,
-                                                                   data.cold_fields[name])))
+                   to_device_rows(data.train_rows), to_device_rows(rows, size,
+                                                                   prepared[name][0]),
+                   prepared[name][1]))
                for name, rows in data.heldout_rows.items()}
     return Placed(train_data=train_data, heldout=heldout, eval_index=eval_index,
                   layout="replicated", eval_rows=eval_index)
+
+
+def heldout_ranking(rows: RowMatrix, fields: dict, orientation: str, num_users: int,
+                    ranking_k: Sequence[int] | None, size: int
+                    ) -> tuple[dict, ranking.HeldoutOrder | None]:
+    """(`fields` with each entry's place, `ranking.SLOT`; the set's `ranking.HeldoutOrder`
+    of `size` places) for the held-out `rows` (all of them); without `ranking_k`, or past
+    `ranking.prepare_heldout`'s size, (`fields`, None)."""
+    if ranking_k is None:
+        return fields, None
+    row_E = np.repeat(np.arange(rows.num_rows), np.diff(rows.indptr))
+    col_E = np.asarray(rows.cols[:len(row_E)])
+    user_E, item_E = (row_E, col_E) if orientation == "user" else (col_E, row_E)
+    prepared = ranking.prepare_heldout(user_E, item_E, rows.values[:len(row_E)], num_users,
+                                       tuple(ranking_k), size)
+    if prepared is None:
+        return fields, None
+    return {**fields, ranking.SLOT: prepared[0]}, prepared[1]
 
 
 def _place_parts(data: HostData, parallel: Parallel, block_size: int) -> Placed:

@@ -139,7 +139,9 @@ def setup(config: Config, ratings: Ratings | None = None, cache_dir=None, *,
     state = parallel.build(lambda rng: create_train_state(
         config, data.num_cols, rng, optimizer=optimizer, model=module,
         initial_params=initial_params), init_rng, row_width=data.num_cols)
-    placed = placement.place(data, parallel, config.train.eval_batch_size)
+    placed = placement.place(data, parallel, config.train.eval_batch_size,
+                             orientation=config.data.orientation,
+                             ranking_k=config.train.ranking_k)
     data_axis = None if placed.layout == "replicated" else 0
     repeats = 2 if config.train.last_batch == "rollover" else 1
     train_epoch_fn = parallel.compile(

@@ -23,7 +23,7 @@ import optax
 from autorec_jax.config import Config, flatten, to_dict
 from autorec_jax.data import batching
 from autorec_jax.distributed.parallel import Parallel, fetch
-from autorec_jax.distributed.placement import take_rows
+from autorec_jax.distributed.placement import heldout_ranking, take_rows
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData, eval_blocks, rank_blocks, summarize
 from autorec_jax import networks
@@ -247,16 +247,22 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, model
     target_size = max(batching.max_nnz(e.data.heldout_lengths[name], block_rows)
                       for e in experiments for name in heldout_names)
     eval_index = first.placed.eval_index
+    # Each member's held-out sets with their orders (`placement.heldout_ranking`), all of
+    # `pad_to` places: one compiled evaluation.
+    pad_to = max(e.data.heldout_rows[n].nnz for e in experiments for n in heldout_names)
+    prepared = [{name: heldout_ranking(e.data.heldout_rows[name], e.data.cold_fields[name],
+                                       e.config.data.orientation, e.data.facts.num_users,
+                                       e.config.train.ranking_k, pad_to)
+                 for name in heldout_names} for e in experiments]
     if layout == "replicated":
         train_data = parallel.replicate(pad_stack(
             [to_device_rows(r, fields=f) for r, f in zip(train_rows, fields)]))
         # Every held-out set padded to one length: one compiled evaluation.
-        pad_to = max(e.data.heldout_rows[n].nnz for e in experiments for n in heldout_names)
         heldout = {name: parallel.replicate(pad_stack([EvalData(
                        to_device_rows(e.data.train_rows),
-                       to_device_rows(e.data.heldout_rows[name], pad_to,
-                                      e.data.cold_fields[name]))
-                       for e in experiments]))
+                       to_device_rows(e.data.heldout_rows[name], pad_to, member[name][0]),
+                       member[name][1])
+                       for e, member in zip(experiments, prepared)]))
                    for name in heldout_names}
     else:
         # Each device holds its blocks' rows of every member; the blocks' local indices
@@ -271,7 +277,8 @@ def setup_many(configs: Sequence[Config], ratings=None, cache_dir=None, *, model
         heldout = {name: parallel.put_shares(lambda d, name=name: pad_stack([EvalData(
                        take_rows(e.data.train_rows, blocks[d], share_in)[0],
                        take_rows(e.data.heldout_rows[name], blocks[d], share_target,
-                                 e.data.cold_fields[name])[0]) for e in experiments]))
+                                 member[name][0])[0], member[name][1])
+                       for e, member in zip(experiments, prepared)]))
                    for name in heldout_names}
     data_axis = None if layout == "replicated" else 0
     repeats = 2 if configs[0].train.last_batch == "rollover" else 1
