@@ -163,6 +163,7 @@ def test_selection_then_retrain_repeats_both_stages_with_the_selected_epochs(tmp
     """The orchestration with a stand-in for `train_and_evaluate`: which stage runs where,
     for how many epochs, from which params, and which scores the summary keeps."""
     calls = []
+    rules = {"pretrain": "item-mean", "finetune": "user-mean"}
 
     def fake_stage(config, folder, *, initial_params=None, **kwargs):
         name = "/".join(folder.relative_to(tmp_path).parts)
@@ -172,12 +173,13 @@ def test_selection_then_retrain_repeats_both_stages_with_the_selected_epochs(tmp
         return SimpleNamespace(
             params=params, experiment=SimpleNamespace(num_rows=16, row_width=20),
             summary={"selection": {"best_epoch": best} if best else {"rule": "last epoch"},
+                     **({"cold_start_choice": {"rule": rules[name]}} if best else {}),
                      "epochs_run": config.train.epochs,
                      "train_seconds": 0.0, "model": name, "test_rmse": len(calls),
                      **({"valid_rmse": 0.5} if best else {})})
 
     config = tiny_glocal(valid_ratio=0.2, early_stopping=2, epochs=6, retrain=True,
-                         glocal_pretrain_epochs=7)
+                         glocal_pretrain_epochs=7, cold_start="auto")
     result = stages.train_glocal(config, tmp_path, train_stage=fake_stage)
     assert [c[0] for c in calls] == ["pretrain", "finetune", "retrain/pretrain",
                                      "retrain/finetune"]
@@ -186,6 +188,9 @@ def test_selection_then_retrain_repeats_both_stages_with_the_selected_epochs(tmp
     assert [c[1].data.valid_ratio for c in calls] == [0.2, 0.2, 0.0, 0.0]
     assert [c[1].model.network for c in calls] == ["kernel", "glocal"] * 2
     assert not any(c[1].train.retrain for c in calls)
+    # The retrain has no validation to choose on: each stage's chosen cold-start rule.
+    assert [c[1].train.cold_start for c in calls] == ["auto", "auto", "item-mean",
+                                                      "user-mean"]
     assert calls[0][2] is None and calls[2][2] is None
     assert calls[1][2]["local"] == {"tag": "pretrain"}
     assert calls[3][2]["local"] == {"tag": "retrain/pretrain"}

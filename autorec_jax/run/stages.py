@@ -97,8 +97,12 @@ def train_glocal(config: Config, out_dir, *, train_stage: Callable, resume: bool
         name: _stage_record(result, name) for name, result in selected.items()}
     if config.train.retrain:
         chosen = {name: _selected_epoch(result) for name, result in selected.items()}
+        # train.cold_start "auto": each stage's rule as chosen on validation.
         retrain = {name: replace(stage, valid_ratio=0.0, early_stopping=0, select="last",
-                                 epochs=chosen[name]) for name, stage in configs.items()}
+                                 epochs=chosen[name], cold_start=selected[name].summary.get(
+                                     "cold_start_choice", {}).get("rule",
+                                                                  stage.train.cold_start))
+                   for name, stage in configs.items()}
         log.info("GLocal-K: retraining both stages on train + validation for %d and %d "
                  "epoch(s)", chosen["pretrain"], chosen["finetune"])
         retrained = pipeline(retrain, "retrain")
