@@ -21,6 +21,8 @@ its params {"local": the kernel AutoRec's, "conv_kernel": C}.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,7 @@ class GLocalK(nn.Module):
       dot_scale: the global kernel's scale (1 for ML-100K, 0.5 for ML-1M in the paper).
     """
 
+    reads_whole_matrix: ClassVar[bool] = True  # inference feeds every row (networks.py)
     num_outputs: int
     num_rows: int
     hidden: tuple[int, ...] = (500, 500)

@@ -20,6 +20,10 @@ The contract a module honours (`model.AutoRec` is the reference):
     reproducible alone (`research.per_row_grads`); a module may leave it out of its
     signature.
   - params initialised by `module.init({"params": rng}, zeros [1, N], train=False)`.
+  - a module that reads the whole rating matrix at once, rows in index order (its class
+    sets `reads_whole_matrix = True`, as GLocal-K's convolution and pooling need), is
+    given every row in one block by inference (`reads_whole_matrix`), which then picks
+    the rows asked for; its training needs `train.batch_size` 0 and `train.shuffle` off.
   - sharded mode with a model axis (`train.model_parallel` > 1) splits every parameter
     axis whose size is N over that axis and replicates the rest; a module whose N-sized
     axes cannot be split so must run with `model_parallel` 1.
@@ -125,6 +129,13 @@ def forward(module: nn.Module, ratings_BxN: jax.Array, *, train: bool,
         pred, hidden = module.forward(ratings_BxN, **kwargs)
         return pred, tuple(hidden)
     return module(ratings_BxN, **kwargs), ()
+
+
+def reads_whole_matrix(module: nn.Module) -> bool:
+    """Whether the module reads the whole rating matrix at once, rows in index order (its
+    class attribute `reads_whole_matrix`): inference then reconstructs every row in one
+    block and picks the rows asked for."""
+    return bool(getattr(type(module), "reads_whole_matrix", False))
 
 
 def accepts_row_ids(module: nn.Module) -> bool:

@@ -17,7 +17,9 @@ from autorec_jax.distributed import placement
 from autorec_jax.errors import ConfigError, TrainingInterrupted
 from autorec_jax.glocal_k import GLocalK, global_conv
 from autorec_jax.run import stages
-from autorec_jax.run.experiment import setup
+from autorec_jax.data.ratings import row_matrix
+from autorec_jax.run.experiment import TrainResult, setup
+from autorec_jax.serve.recommend import dense_rows, predict_entries
 from autorec_jax.train import create_train_state
 from synthetic import random_ratings
 
@@ -85,6 +87,25 @@ def test_glocal_pads_past_the_matrix_and_refuses_a_partial_one():
     np.testing.assert_array_equal(np.asarray(padded[4:]), 0.0)
     with pytest.raises(ConfigError, match="whole rating matrix at once.*block of 3"):
         module.apply({"params": params}, x[:3], train=False)
+
+
+def test_predictions_of_some_rows_read_the_whole_matrix():
+    """Predicting a few entries (serve.predict_entries, as ensembles, predict.py and
+    recommend.py do) equals the whole matrix's forward pass at those entries: the network
+    is given every row in index order, not only the rows asked for."""
+    ratings = random_ratings(num_users=7, num_items=16, density=0.4)
+    config = config_lib.replace(tiny_glocal(), glocal_rows=16, clip_predictions=False)
+    train_rows = row_matrix(ratings, "item")
+    module = networks.resolve_model(config, train_rows.num_cols)
+    params = networks.init_params(module, jax.random.key(3), train_rows.num_cols)
+    params = {**params, "conv_kernel": params["conv_kernel"] + 0.3}  # a kernel far from 0
+    whole = np.asarray(module.apply({"params": params}, jnp.asarray(
+        dense_rows(train_rows, np.arange(16))), train=False))
+    rows = np.array([13, 2, 2, 9, 5, 11, 0, 7, 3, 14])  # 9 distinct: a block of 16
+    cols = np.arange(len(rows)) % 7
+    got = predict_entries(config, params, train_rows, rows, cols, model=module)
+    np.testing.assert_allclose(got, whole[rows, cols], rtol=1e-6)
+    assert np.ptp(whole[:, 0]) > 0.01  # the rows' outputs differ: the check can fail
 
 
 def test_glocal_settings_are_validated():
@@ -170,8 +191,10 @@ def test_selection_then_retrain_repeats_both_stages_with_the_selected_epochs(tmp
         calls.append((name, config, initial_params))
         best = {"pretrain": 4, "finetune": 2}.get(name)
         params = {"tag": name, **({"conv_kernel": None} if "finetune" in name else {})}
-        return SimpleNamespace(
-            params=params, experiment=SimpleNamespace(num_rows=16, row_width=20),
+        return TrainResult(
+            state=None, history=[], params=params, selected_params=params,
+            scores={"test": {"rmse": len(calls)}, **({"valid": {"rmse": 0.5}} if best else {})},
+            experiment=SimpleNamespace(num_rows=16, row_width=20, name=name),
             summary={"selection": {"best_epoch": best} if best else {"rule": "last epoch"},
                      **({"cold_start_choice": {"rule": rules[name]}} if best else {}),
                      "epochs_run": config.train.epochs,
@@ -202,6 +225,13 @@ def test_selection_then_retrain_repeats_both_stages_with_the_selected_epochs(tmp
     assert summary["selection"]["retrain"]["epochs"] == {"pretrain": 4, "finetune": 2}
     assert summary["protocol"]["retrained_on_train_and_valid"] is True
     assert summary["protocol"]["test_scored"] == "once, after selection"
+    # Shaped as train.retrain's result (what ensembles read): the selection run's
+    # experiment and selected params, the retrained params and test scores.
+    assert result.experiment.name == "finetune"
+    assert result.selected_params["tag"] == "finetune"
+    assert result.params["tag"] == result.retrained.params["tag"] == "retrain/finetune"
+    assert result.retrained.experiment.name == "retrain/finetune"
+    assert result.scores == {"test": {"rmse": 4}, "valid": {"rmse": 0.5}}
 
 
 def test_an_interrupted_stage_resumes_and_no_stage_restarts(tmp_path):

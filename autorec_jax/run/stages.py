@@ -21,6 +21,7 @@ was interrupted: a finished stage trains no further epoch and is not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -66,7 +67,10 @@ def train_glocal(config: Config, out_dir, *, train_stage: Callable, resume: bool
         `initial_params` for fine-tuning, and the other keyword arguments).
 
     Returns:
-      The final stage's `TrainResult`, its summary extended with "stages".
+      A `TrainResult` shaped as `train.retrain`'s: without retraining, the fine-tuning
+      stage's; with it, the selection run's fine-tuning (`experiment`, `selected_params`,
+      validation scores) with the retrained fine-tuning's `params`, test scores and
+      summary, and that run as `retrained`. The summary gains "stages".
     """
     root = None if out_dir is None else Path(out_dir).expanduser()
     configs = stage_configs(config)
@@ -106,7 +110,10 @@ def train_glocal(config: Config, out_dir, *, train_stage: Callable, resume: bool
         log.info("GLocal-K: retraining both stages on train + validation for %d and %d "
                  "epoch(s)", chosen["pretrain"], chosen["finetune"])
         retrained = pipeline(retrain, "retrain")
-        final = retrained["finetune"]
+        picked, refit = selected["finetune"], retrained["finetune"]
+        final = dataclasses.replace(picked, summary=refit.summary, params=refit.params,
+                                    scores={**picked.scores, "test": refit.scores["test"]},
+                                    retrained=refit)
         stages.update({f"retrain/{name}": _stage_record(result, f"retrain/{name}")
                        for name, result in retrained.items()})
         # Validation scores stay those of the params chosen on it (as `train.retrain`'s).

@@ -71,10 +71,12 @@ def _model(config: Config, params: PyTree, rows: RowMatrix, model=None) -> nn.Mo
     """The module of `params` (`model`, else the config's network), checked against the rows'
     width: its output for a row of the training data must be that row's shape."""
     module = networks.resolve_model(config, rows.num_cols, model)
+    probe = rows.num_rows if networks.reads_whole_matrix(module) else 1
     try:
         out = jax.eval_shape(lambda p: module.apply(
-            {"params": p}, jnp.zeros((1, rows.num_cols), jnp.float32), train=False), params)
-        widths_match = out.shape == (1, rows.num_cols)
+            {"params": p}, jnp.zeros((probe, rows.num_cols), jnp.float32), train=False),
+            params)
+        widths_match = out.shape == (probe, rows.num_cols)
     except (ValueError, TypeError, flax.errors.FlaxError):
         widths_match = False
     if not widths_match:
@@ -99,6 +101,16 @@ def _blocks(config: Config, params: PyTree, rows: RowMatrix, row_index: np.ndarr
     size = _block_size(config, rows.num_cols, len(row_index))
     # train.rating_scaling: the network reads and writes ratings / unit (data/scaling.py).
     unit = np.float32(scaling.rating_unit(config.train.rating_scaling, rows.values))
+    if networks.reads_whole_matrix(model):
+        # GLocal-K's input is every row in index order: one pass, then the rows asked for.
+        every = np.arange(rows.num_rows)
+        ratings_MxN = dense_rows(rows, every, len(every)) / unit
+        out = np.asarray(_reconstruct(model, params, ratings_MxN) if col is None else
+                         _reconstruct_column(model, params, ratings_MxN, np.int32(col)))
+        out = out * unit if unit != 1 else out
+        for start in range(0, len(row_index), size):
+            yield start, out[row_index[start:start + size]]
+        return
     for start in range(0, len(row_index), size):
         index = row_index[start:start + size]
         ratings_BxN = dense_rows(rows, index, size)
