@@ -23,8 +23,7 @@ import numpy as np
 
 from autorec_jax import ranking
 from autorec_jax.collectives import gather_if, psum_if, pvary_if
-from autorec_jax.rows import (DeviceRows, densify, densify_fields, gather_entries,
-                              scatter_entries)
+from autorec_jax.rows import DeviceRows, densify, gather_entries
 
 PyTree = Any
 
@@ -58,11 +57,12 @@ def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
       summed over devices.
     """
     inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
-    targets = data.targets.replace(fields={name: v for name, v in data.targets.fields.items()
-                                           if name != ranking.SLOT})
-    heldout = densify_fields(targets, index_B, max_nnz_targets)
+    flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
+    values.pop(ranking.SLOT, None)
     scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
-    return psum_if(heldout_sums(scores_BxN, heldout)[0], axis_name)
+    size = index_B.shape[0] * data.targets.num_cols
+    pred_E = scores_BxN.reshape(-1)[jnp.minimum(flat_E, size - 1)]
+    return psum_if(entry_sums(pred_E, values, flat_E < size)[0], axis_name)
 
 
 def _scores(params, inputs_BxN, apply_fn, clip_range):
@@ -71,24 +71,24 @@ def _scores(params, inputs_BxN, apply_fn, clip_range):
     return scores_BxN if clip_range is None else jnp.clip(scores_BxN, *clip_range)
 
 
-def heldout_sums(scores_BxN: jax.Array, heldout: dict[str, jax.Array]
-                 ) -> tuple[dict[str, jax.Array], jax.Array]:
-    """(`eval_block`'s sums on this device, the predictions [B, N]) from the network's
-    scores and the densified held-out fields ("ratings", optionally "cold", "fallback")."""
-    targets_BxN = heldout["ratings"]
-    mask_BxN = targets_BxN != 0
-    cold_BxN = mask_BxN & (heldout["cold"] != 0) if "cold" in heldout else jnp.zeros_like(
-        mask_BxN)
-    pred_BxN = scores_BxN
-    if "fallback" in heldout:
-        pred_BxN = jnp.where(cold_BxN, heldout["fallback"], pred_BxN)
-    err_BxN = jnp.where(mask_BxN, pred_BxN - targets_BxN, 0.0)
-    sq_err_BxN = err_BxN * err_BxN
-    sums = {"sse": jnp.sum(sq_err_BxN), "abs_err": jnp.sum(jnp.abs(err_BxN)),
-            "count": jnp.sum(mask_BxN, dtype=jnp.float32),
-            "cold_sse": jnp.sum(jnp.where(cold_BxN, sq_err_BxN, 0.0)),
-            "cold_count": jnp.sum(cold_BxN, dtype=jnp.float32)}
-    return sums, pred_BxN
+def entry_sums(pred_E: jax.Array, values: dict[str, jax.Array], valid_E: jax.Array
+               ) -> tuple[dict[str, jax.Array], jax.Array]:
+    """`eval_block`'s sums on this device from E held-out entries (`gather_entries`' values,
+    `valid_E` False for unused slots) and the network's scores at them: (the sums, the
+    predictions [E]: the cold-start rule's value at cold entries). Summing the E entries,
+    not dense [B, N] copies of the held-out fields, keeps one block's scores the largest
+    array an evaluation holds."""
+    mask_E = valid_E & (values["ratings"] != 0)
+    cold_E = mask_E & (values["cold"] != 0) if "cold" in values else jnp.zeros_like(mask_E)
+    if "fallback" in values:
+        pred_E = jnp.where(cold_E, values["fallback"], pred_E)
+    err_E = jnp.where(mask_E, pred_E - values["ratings"], 0.0)
+    sq_err_E = err_E * err_E
+    sums = {"sse": jnp.sum(sq_err_E), "abs_err": jnp.sum(jnp.abs(err_E)),
+            "count": jnp.sum(mask_E, dtype=jnp.float32),
+            "cold_sse": jnp.sum(jnp.where(cold_E, sq_err_E, 0.0)),
+            "cold_count": jnp.sum(cold_E, dtype=jnp.float32)}
+    return sums, pred_E
 
 
 def eval_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, *,
@@ -134,19 +134,20 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
         flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
         place_E = values.pop(ranking.SLOT, None)   # each entry's place in `data.ranking`
-        heldout = scatter_entries(flat_E, values, batch, width)
         scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
-        sums, pred_BxN = heldout_sums(scores_BxN, heldout)
         valid_E = flat_E < batch * width
         slot_E = jnp.minimum(flat_E, batch * width - 1)
+        # The RMSE sums from the E entries: no dense [B, N] copy of the held-out fields.
+        sums, pred_E = entry_sums(scores_BxN.reshape(-1)[slot_E], values, valid_E)
         row_E, col_E = rows_B[slot_E // width], slot_E % width
         entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (
-            values["ratings"], pred_BxN.reshape(-1)[slot_E], valid_E) + (
-            () if place_E is None else (place_E,))
+            values["ratings"], pred_E, valid_E) + (() if place_E is None else (place_E,))
         # Full ranking: candidates are the items without a training rating (real rows only).
         candidate_BxN = (inputs_BxN == 0) & (index_B >= 0)[:, None]
         ranked_BxN = jnp.where(candidate_BxN, scores_BxN, ranking.NEG_INF)
-        relevant_BxN = (heldout["ratings"] != 0) & (heldout["ratings"] >= threshold)
+        relevant_E = valid_E & (values["ratings"] != 0) & (values["ratings"] >= threshold)
+        relevant_BxN = jnp.zeros(batch * width, bool).at[flat_E].set(
+            relevant_E, mode="drop").reshape(batch, width)
         if users_are_rows:
             if width < kmax:   # fewer items than K: the missing ranks are empty
                 ranked_BxN = jnp.pad(ranked_BxN, ((0, 0), (0, kmax - width)),
