@@ -55,6 +55,7 @@ def pytest_sessionfinish(session):
 SLOW_TESTS = frozenset({
     "test_stages_equal_their_composition_by_hand",
     "test_an_interrupted_stage_resumes_and_no_stage_restarts",
+    "test_glocal_as_an_ensemble_member_scores_as_its_own_run",
     "test_whole_runs_with_pmap_and_jit_agree",
     "test_optimizer_swap_trains_with_lions_and_adamws_state",
     "test_each_member_equals_the_same_model_trained_alone",

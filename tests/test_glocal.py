@@ -288,3 +288,19 @@ def test_lbfgs_restarts_equal_fresh_lbfgs_every_k_steps():
     restarted = run(with_restarts(lbfgs, 2), 5)
     np.testing.assert_allclose(restarted, run(lbfgs, 5, reinit_every=2), rtol=1e-6)
     assert np.max(np.abs(np.asarray(restarted) - np.asarray(run(lbfgs, 5)))) > 1e-4
+
+
+def test_glocal_as_an_ensemble_member_scores_as_its_own_run():
+    """An ensemble's GLocal-K member (selected, then both stages retrained) predicts, through
+    `predict_heldout`, the validation and test RMSE its run's evaluator reported."""
+    from autorec_jax.studies import ensemble
+    ratings = random_ratings(num_users=20, num_items=16, density=0.35)
+    glocal = tiny_glocal(valid_ratio=0.2, early_stopping=2, epochs=3, retrain=True,
+                         cold_start="item-mean")
+    plain = config_lib.replace(config_lib.tiny(), valid_ratio=0.2, early_stopping=2,
+                               retrain=True, cold_start="item-mean", epochs=3, batch_size=8)
+    result = ensemble.train_ensemble([glocal, plain], ratings=ratings, batch_members=False)
+    run, member = result.runs[0], result.summary["members"][0]
+    assert run.retrained is not None and run.experiment.valid is not None
+    assert member["valid_rmse"] == pytest.approx(run.summary["valid_rmse"], rel=1e-5)
+    assert member["test_rmse"] == pytest.approx(run.summary["test_rmse"], rel=1e-5)
