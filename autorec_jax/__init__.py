@@ -17,7 +17,8 @@ used (so `autorec_jax.data` works without it). The public API:
   own loop      make_train_step(config, *, parallel=, loss_fn=, grad_transform=, model=),
                 create_train_state(config, N, rng, *, optimizer=, model=, initial_params=),
                 Parallel
-  model seam    resolve_model(config, N, model), networks.init_params, forward, identity
+  model seam    resolve_model(config, N, model), reads_whole_matrix, networks.init_params,
+                forward, identity
                 (`model=`: a Flax module or (config.model, N) -> module; the contract is in
                 autorec_jax/networks.py); KernelAutoRec, KernelDense, local_kernel,
                 kernel_penalty, make_kernel_loss (kernelised AutoRec, `--model kernel`);
@@ -108,7 +109,7 @@ _LAZY_MODULES = {
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",
                            "observed_mask", "reconstruction_loss"),
     "autorec_jax.model": ("AutoRec", "create_model", "init_params"),
-    "autorec_jax.networks": ("resolve_model",),
+    "autorec_jax.networks": ("resolve_model", "reads_whole_matrix"),
     "autorec_jax.kernel": ("KernelAutoRec", "KernelDense", "kernel_penalty", "local_kernel",
                            "make_kernel_loss"),
     "autorec_jax.glocal_k": ("GLocalK", "create_glocal_model", "global_conv", "global_kernel"),
