@@ -33,6 +33,7 @@ another module is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -149,8 +150,10 @@ def accepts_row_ids(module: nn.Module) -> bool:
 def identity(module: nn.Module) -> dict:
     """What a run folder records of the module: its class and its fields, as text."""
     cls = type(module)
-    fields = {name: repr(getattr(module, name)) for name in getattr(
-        cls, "__dataclass_fields__", {}) if name not in ("parent", "name")}
+    # dataclasses.fields leaves out class attributes (ClassVar, e.g. `reads_whole_matrix`).
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    fields = {name: repr(getattr(module, name)) for name in names
+              if name not in ("parent", "name")}
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
 
 

@@ -304,3 +304,15 @@ def test_glocal_as_an_ensemble_member_scores_as_its_own_run():
     assert run.retrained is not None and run.experiment.valid is not None
     assert member["valid_rmse"] == pytest.approx(run.summary["valid_rmse"], rel=1e-5)
     assert member["test_rmse"] == pytest.approx(run.summary["test_rmse"], rel=1e-5)
+
+
+def test_a_run_folders_model_identity_leaves_out_class_attributes():
+    """`reads_whole_matrix` is a class attribute, not a field: run folders recorded before it
+    existed still resume (their identity has no such field)."""
+    module = GLocalK(num_outputs=5, num_rows=4, hidden=(3,))
+    recorded = networks.identity(module)
+    assert "reads_whole_matrix" not in recorded["fields"]
+    assert recorded["fields"]["num_rows"] == "4"
+    networks.check_same(recorded, module, "runs/x")
+    with pytest.raises(ConfigError, match="num_rows=4, now 5"):
+        networks.check_same(recorded, GLocalK(num_outputs=5, num_rows=5, hidden=(3,)), "x")
