@@ -304,6 +304,15 @@ def test_glocal_as_an_ensemble_member_scores_as_its_own_run():
     assert run.retrained is not None and run.experiment.valid is not None
     assert member["valid_rmse"] == pytest.approx(run.summary["valid_rmse"], rel=1e-5)
     assert member["test_rmse"] == pytest.approx(run.summary["test_rmse"], rel=1e-5)
+    assert member["label"] == "GLocal-K (I) seed 0"
+
+
+def test_ensemble_labels_name_the_network():
+    from autorec_jax.studies.ensemble import member_label
+    assert member_label(config_lib.glocal()) == "GLocal-K (I) seed 0"
+    assert member_label(config_lib.replace(config_lib.honest(), network="kernel", seed=3,
+                                           orientation="user")) == "kernel AutoRec (U) seed 3"
+    assert member_label(config_lib.honest()) == "I-AutoRec seed 0"
 
 
 def test_a_run_folders_model_identity_leaves_out_class_attributes():

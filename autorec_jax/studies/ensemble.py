@@ -93,9 +93,16 @@ class EnsembleResult:
     test_blend_T: np.ndarray       # the fitted blend's test predictions (the rule's at cold)
 
 
+NETWORK_NAMES = {"kernel": "kernel AutoRec", "glocal": "GLocal-K"}
+
+
 def member_label(config: Config) -> str:
-    """'I-AutoRec seed 0' (item orientation) or 'U-AutoRec seed 0'."""
-    return f"{'I' if config.data.orientation == 'item' else 'U'}-AutoRec seed {config.seed}"
+    """'I-AutoRec seed 0' (item orientation) or 'U-AutoRec seed 0'; another built-in
+    network is named: 'GLocal-K (I) seed 0', 'kernel AutoRec (U) seed 1'."""
+    side, network = "I" if config.data.orientation == "item" else "U", config.model.network
+    if network in NETWORK_NAMES:
+        return f"{NETWORK_NAMES[network]} ({side}) seed {config.seed}"
+    return f"{side}-AutoRec seed {config.seed}"
 
 
 def check_members(configs: Sequence[Config], labels: Sequence[str]) -> None:
