@@ -39,10 +39,12 @@ used (so `autorec_jax.data` works without it). The public API:
                 forward and backward)
   evaluator     eval_block, eval_blocks, rank_blocks (RMSE and ranking metrics, one pass),
                 summarize; evaluate(experiment, params, ranking=True)
-  ranking       topk_sums, heldout_ndcg_sums, running_topk, merge_topk, empty_topk,
-                block_top_k, merge_sorted (pure, blocked: NDCG, Recall, Precision, HR,
-                MRR @K; GLocal-K's held-out NDCG); HeldoutOrder, prepare_heldout (host),
-                heldout_ndcg_prepared (the held-out NDCG from a host-made order)
+  ranking       topk_candidates, entry_ranks, rank_sums (the evaluator's full ranking:
+                each relevant entry's rank among its user's candidates), topk_sums,
+                running_topk, merge_topk, empty_topk, block_top_k, merge_sorted (pure,
+                blocked: NDCG, Recall, Precision, HR, MRR @K)
+  heldout_ranking  heldout_ndcg_sums (GLocal-K's held-out NDCG); HeldoutOrder,
+                prepare_heldout (host), heldout_ndcg_prepared (from a host-made order)
   cold start    cold_mask(train, heldout, orientation), fallback_values(rule, train, heldout),
                 choose_rule(network_cold_rmse, train, valid) (train.cold_start "auto")
   scaling       rating_unit(mode, train_ratings) (train.rating_scaling: the unit the
@@ -101,9 +103,11 @@ _LAZY_MODULES = {
     "autorec_jax.studies.protocol": ("ProtocolResult", "compare", "run_protocol", "split_plan"),
     "autorec_jax.serve.recommend": ("predict_pairs", "top_k"),
     "autorec_jax.evaluator": ("eval_block", "eval_blocks", "rank_blocks", "summarize"),
-    "autorec_jax.ranking": ("HeldoutOrder", "block_top_k", "empty_topk",
-                            "heldout_ndcg_prepared", "heldout_ndcg_sums", "merge_sorted",
-                            "merge_topk", "prepare_heldout", "running_topk", "topk_sums"),
+    "autorec_jax.ranking": ("block_top_k", "empty_topk", "entry_ranks", "merge_sorted",
+                            "merge_topk", "rank_sums", "running_topk", "topk_candidates",
+                            "topk_sums"),
+    "autorec_jax.heldout_ranking": ("HeldoutOrder", "heldout_ndcg_prepared",
+                                    "heldout_ndcg_sums", "prepare_heldout"),
     "autorec_jax.run.experiment": ("Experiment", "TrainResult", "evaluate", "run_epoch",
                                    "setup", "train_and_evaluate"),
     "autorec_jax.losses": ("LossTerms", "ModelOutputs", "loss_denominator", "masked_sse",

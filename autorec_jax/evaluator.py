@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autorec_jax import ranking
+from autorec_jax import heldout_ranking, ranking
 from autorec_jax.collectives import gather_if, psum_if, pvary_if
 from autorec_jax.rows import DeviceRows, densify, gather_entries
 
@@ -32,13 +32,13 @@ PyTree = Any
 class EvalData:
     """Device-resident rows: `inputs` (the training ratings) and `targets` (held-out ones,
     with the cold-start fields "cold" and "fallback" when given); `ranking`, when given, the
-    held-out set's `ranking.HeldoutOrder`, with each target entry's place in it as the
-    target field `ranking.SLOT` (`placement.heldout_ranking`): the held-out NDCG then sorts
+    held-out set's `heldout_ranking.HeldoutOrder`, with each target entry's place in it as the
+    target field `heldout_ranking.SLOT` (`placement.heldout_ranking`): the held-out NDCG then sorts
     only the predictions."""
 
     inputs: DeviceRows
     targets: DeviceRows
-    ranking: ranking.HeldoutOrder | None = None
+    ranking: heldout_ranking.HeldoutOrder | None = None
 
 
 def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
@@ -58,7 +58,7 @@ def eval_block(params: PyTree, data: EvalData, index_B: jax.Array, *,
     """
     inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
     flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
-    values.pop(ranking.SLOT, None)
+    values.pop(heldout_ranking.SLOT, None)
     scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
     size = index_B.shape[0] * data.targets.num_cols
     pred_E = scores_BxN.reshape(-1)[jnp.minimum(flat_E, size - 1)]
@@ -114,55 +114,66 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         reconstruction; else (I-AutoRec) a column, ranked by a running top-K over the blocks.
       num_users: U, the users' count (the row width N for I-AutoRec).
       num_items: the items' count, when known: the held-out ranks then come from cheaper
-        sorts (`ranking.heldout_ndcg_sums`); the same metrics either way.
+        sorts (`heldout_ranking.heldout_ndcg_sums`); the same metrics either way.
       ks: the cut-offs; threshold: the smallest relevant held-out rating (full ranking).
 
-    With `data.ranking` (a `ranking.HeldoutOrder` made with these `ks`, and each target
-    entry's place in the field `ranking.SLOT`) the held-out NDCG sorts only the predictions
-    (`ranking.heldout_ndcg_prepared`); without it, `ranking.heldout_ndcg_sums`. Either way
+    With `data.ranking` (a `heldout_ranking.HeldoutOrder` made with these `ks`, and each target
+    entry's place in the field `heldout_ranking.SLOT`) the held-out NDCG sorts only the predictions
+    (`heldout_ranking.heldout_ndcg_prepared`); without it,
+    `heldout_ranking.heldout_ndcg_sums`. Either way
     the blocks must cover every row of the set once (as `placed.eval_index` does).
 
     Returns:
       the RMSE sums per block ([K] each, summed over devices) and the ranking sums
-      (`ranking.topk_sums`, `ranking.heldout_ndcg_sums`: scalars), identical on every device.
+      (`ranking.rank_sums`, `heldout_ranking.heldout_ndcg_sums`: scalars), identical on
+      every device.
     """
     kmax = max(ks)
+    # One block on one device: rank the entries against the candidates of
+    # `ranking.topk_candidates` (no second top k); else against exact running top-k lists.
+    single_block = index_KxB.shape[0] == 1 and axis_name is None
 
     def block(carry, xs):
         index_B, rows_B = xs
         batch, width = index_B.shape[0], data.targets.num_cols
         inputs_BxN = densify(data.inputs, index_B, max_nnz_inputs)
         flat_E, values = gather_entries(data.targets, index_B, max_nnz_targets)
-        place_E = values.pop(ranking.SLOT, None)   # each entry's place in `data.ranking`
+        place_E = values.pop(heldout_ranking.SLOT, None)   # each entry's place in `data.ranking`
         scores_BxN = _scores(params, inputs_BxN, apply_fn, clip_range)
         valid_E = flat_E < batch * width
         slot_E = jnp.minimum(flat_E, batch * width - 1)
         # The RMSE sums from the E entries: no dense [B, N] copy of the held-out fields.
         sums, pred_E = entry_sums(scores_BxN.reshape(-1)[slot_E], values, valid_E)
         row_E, col_E = rows_B[slot_E // width], slot_E % width
-        entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (
-            values["ratings"], pred_E, valid_E) + (() if place_E is None else (place_E,))
         # Full ranking: candidates are the items without a training rating (real rows only).
         candidate_BxN = (inputs_BxN == 0) & (index_B >= 0)[:, None]
         ranked_BxN = jnp.where(candidate_BxN, scores_BxN, ranking.NEG_INF)
+        ranked_E = ranked_BxN.reshape(-1)[slot_E]      # each entry's score as ranked
         relevant_E = valid_E & (values["ratings"] != 0) & (values["ratings"] >= threshold)
-        relevant_BxN = jnp.zeros(batch * width, bool).at[flat_E].set(
-            relevant_E, mode="drop").reshape(batch, width)
-        if users_are_rows:
+        entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (
+            values["ratings"], pred_E, valid_E, ranked_E) + (
+            () if place_E is None else (place_E,))
+        if users_are_rows:   # each of the block's users: its row's candidates (item columns)
             if width < kmax:   # fewer items than K: the missing ranks are empty
                 ranked_BxN = jnp.pad(ranked_BxN, ((0, 0), (0, kmax - width)),
                                      constant_values=ranking.NEG_INF)
-                relevant_BxN = jnp.pad(relevant_BxN, ((0, 0), (0, kmax - width)))
-            # Ties: the lower item first.
-            _, top_BxK = ranking.block_top_k(ranked_BxN, kmax, rows_first=False)
-            block_ranks = ranking.topk_sums(jnp.take_along_axis(relevant_BxN, top_BxK, 1),
-                                            jnp.sum(relevant_BxN, 1), ks)
-            return carry, (sums, entries, block_ranks)
-        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B, relevant_BxN,
+            scores_BxC, items_BxC = ranking.topk_candidates(ranked_BxN, kmax, rows_first=False)
+            local_E = slot_E // width
+            rank_E = ranking.entry_ranks(scores_BxC, items_BxC, local_E, col_E, ranked_E)
+            return carry, (sums, entries, ranking.rank_sums(
+                rank_E, local_E, relevant_E, ranked_E > ranking.NEG_INF, batch, ks))
+        if single_block:    # the candidates, items as global rows; ranked after the scan
+            scores_UxC, rows_UxC = ranking.topk_candidates(ranked_BxN, kmax)
+            return (scores_UxC, rows_B[jnp.minimum(rows_UxC, batch - 1)]), (sums, entries, {})
+        carry = ranking.running_topk(carry, ranked_BxN.T, rows_B,
                                      carry_is_empty=index_KxB.shape[0] == 1)
         return carry, (sums, entries, {})
 
-    carry = ranking.empty_topk(num_users, kmax)
+    if single_block and not users_are_rows:   # the carry's shape: the candidates'
+        carry = jax.eval_shape(lambda: block(None, (index_KxB[0], rows_KxB[0]))[0])
+        carry = tuple(jnp.zeros(x.shape, x.dtype) for x in carry)
+    else:
+        carry = ranking.empty_topk(num_users, kmax, relevance=False)
     if not users_are_rows and axis_name is not None:
         carry = pvary_if(carry, axis_name)
     carry, (sums_K, entries_KxE, block_ranks_K) = jax.lax.scan(block, carry,
@@ -172,31 +183,32 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
     # several devices; every device's entries, then one ranking.
     if not users_are_rows:
         entries_KxE = [gather_if(x, axis_name) for x in entries_KxE]
-    user_E, item_E, rating_E, pred_E, valid_E, *place_E = (x.reshape(-1) for x in entries_KxE)
+    user_E, item_E, rating_E, pred_E, valid_E, ranked_E, *place_E = (
+        x.reshape(-1) for x in entries_KxE)
     if place_E and data.ranking is not None:   # data-only pieces from the host: sort preds
-        ranks = ranking.heldout_ndcg_prepared(data.ranking, place_E[0], pred_E, valid_E,
+        ranks = heldout_ranking.heldout_ndcg_prepared(data.ranking, place_E[0], pred_E, valid_E,
                                               num_users, ks)
         if not users_are_rows and axis_name is not None:
             # Every device's sums are the same (all entries, one copy of the order each, which
             # a sharded layout types as varying): device 0's, typed replicated.
             ranks = {key: gather_if(value, axis_name)[0] for key, value in ranks.items()}
     else:
-        ranks = ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E,
+        ranks = heldout_ranking.heldout_ndcg_sums(user_E, item_E, rating_E, pred_E, valid_E,
                                           num_users, ks, num_items)
     if users_are_rows:
         ranks = psum_if({**ranks, **{k: jnp.sum(v) for k, v in block_ranks_K.items()}},
                         axis_name)
     else:
-        scores_UxK, items_UxK, relevant_UxK = carry
-        # Each user's relevant held-out ratings, from the entries (all devices' already).
-        relevant_E = valid_E & (rating_E >= threshold)
-        num_relevant_U = jax.ops.segment_sum(relevant_E.astype(jnp.int32),
-                                             jnp.where(valid_E, user_E, 0), num_users)
+        scores_UxC, items_UxC = carry
         if axis_name is not None:   # every device's top K: the best K of them, ties by item
             merged = [jnp.moveaxis(gather_if(x, axis_name), 0, 1).reshape(num_users, -1)
-                      for x in (scores_UxK, items_UxK, relevant_UxK)]
-            relevant_UxK = ranking.merge_topk(*merged, kmax)[2]
-        ranks.update(ranking.topk_sums(relevant_UxK, num_relevant_U, ks))
+                      for x in carry]
+            scores_UxC, items_UxC = ranking.merge_topk(*merged, k=kmax)
+        # Each relevant held-out entry (all devices' already) against its user's list.
+        relevant_E = valid_E & (rating_E != 0) & (rating_E >= threshold)
+        rank_E = ranking.entry_ranks(scores_UxC, items_UxC, user_E, item_E, ranked_E)
+        ranks.update(ranking.rank_sums(rank_E, user_E, relevant_E, ranked_E > ranking.NEG_INF,
+                                       num_users, ks))
     return {**psum_if(sums_K, axis_name), **ranks}
 
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import ndcg_score
 
 from autorec_jax import config as config_lib
-from autorec_jax import ranking
+from autorec_jax import heldout_ranking, ranking
 from autorec_jax.data.ratings import row_matrix, to_dense
 from autorec_jax.model import create_model
 from autorec_jax.errors import ConfigError
@@ -60,9 +60,9 @@ def reference(train_UxI, heldout_UxI, scores_UxI, ks=KS, threshold=THRESHOLD):
 
 
 def _config(**overrides):
-    return config_lib.replace(config_lib.tiny(), batch_size=8, eval_batch_size=8,
-                              ranking_k=KS, relevance_threshold=THRESHOLD,
-                              **{"ranking": "final", **overrides})
+    return config_lib.replace(config_lib.tiny(), ranking_k=KS, relevance_threshold=THRESHOLD,
+                              **{"batch_size": 8, "eval_batch_size": 8, "ranking": "final",
+                                 **overrides})
 
 
 def _dense_scores(experiment, params, orientation):
@@ -117,7 +117,7 @@ def test_ties_and_users_without_relevant_items():
     order = np.random.default_rng(0).permutation(len(held[0]))
     shuffled = {k: np.concatenate([v[order], v[:2]]) for k, v in flat.items()}
     shuffled["valid_E"][-2:] = False
-    got = ranking.heldout_ndcg_sums(**{k: jnp.asarray(v) for k, v in shuffled.items()},
+    got = heldout_ranking.heldout_ndcg_sums(**{k: jnp.asarray(v) for k, v in shuffled.items()},
                                     num_users=3, ks=(2,))
     assert float(got["heldout_users"]) == want["heldout_users"] == 3
     np.testing.assert_allclose(float(got["heldout_ndcg"]) / 3, want["heldout_ndcg"], rtol=1e-6)
@@ -142,7 +142,7 @@ def test_merge_breaks_ties_by_item_across_devices():
     scores = jnp.array([[1.0, 0.5, 1.0, 0.7]])
     items = jnp.array([[7, 2, 3, 9]])
     relevant = jnp.array([[False, False, True, False]])
-    best_scores, best_items, best_relevant = ranking.merge_topk(scores, items, relevant, 3)
+    best_scores, best_items, best_relevant = ranking.merge_topk(scores, items, relevant, k=3)
     assert best_items.tolist() == [[3, 7, 9]] and best_relevant.tolist() == [[True, False, False]]
 
 
@@ -167,6 +167,39 @@ def test_agrees_with_scikit_learn_ndcg():
             at5.append(ndcg_score([relevant.astype(float)], [scores[u, candidates]], k=5))
     np.testing.assert_allclose(got["heldout_ndcg"], np.mean(heldout), rtol=1e-5)
     np.testing.assert_allclose(got["ndcg@5"], np.mean(at5), rtol=1e-5)
+
+
+@pytest.mark.parametrize("orientation", ["item", "user"])
+def test_candidates_of_one_block_and_running_lists_match_numpy_with_ties(orientation):
+    """200 items, so a user's candidates come from `topk_candidates`' groups (25 groups of 8
+    against the 4 k = 20 of K = 5): one block on one device (entries ranked against the
+    groups' rows), blocks of 8 (running lists) and pmap (merged lists), by hand. The
+    predictions are clipped to 1..5 with the network's spread blown up, so many of them tie
+    at 1 and 5 within and across groups (ties: the lower item)."""
+    ratings = random_ratings(num_users=40, num_items=200, density=0.1, seed=8)
+    width = 40 if orientation == "item" else 200
+    got = {}
+    for mode, batch in (("jit", 256), ("jit", 8), ("pmap", 8)):
+        experiment, state = setup(_config(orientation=orientation, parallel=mode,
+                                          eval_batch_size=batch, clip_predictions=True),
+                                  ratings)
+        params = jax.device_get(state.params)
+        params["output"] = {"kernel": params["output"]["kernel"] * 3000.0,
+                            "bias": np.full(width, 3.0, np.float32)}
+        got[mode, batch] = evaluate(experiment, params, ranking=True)["test"]
+        if batch == 256:
+            assert experiment.placed.eval_index.shape[0] == 1     # one block
+            scores = np.clip(_dense_scores(experiment, params, orientation), 1, 5)
+            train_UxI, held_UxI = (_user_item(experiment.train, orientation),
+                                   _user_item(experiment.test, orientation))
+    candidates = scores[train_UxI == 0]
+    assert np.mean(candidates == 5) > 0.1 and np.mean(candidates == 1) > 0.1   # ties
+    want = reference(train_UxI, held_UxI, scores)
+    assert want["rank_users"] > 20 and 0 < want["recall@5"] < 1
+    for run, values in got.items():
+        for key, value in want.items():
+            np.testing.assert_allclose(values[key], value, rtol=2e-5, atol=1e-6,
+                                       err_msg=f"{run} {key}")
 
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
@@ -296,8 +329,9 @@ def test_fast_paths_equal_the_reference_paths_with_ties_and_several_blocks():
         out.update(fast=fast, slow=slow, single=ranking.running_topk(
             ranking.empty_topk(num_users, k), *whole, carry_is_empty=True),
             single_slow=_running_topk_reference(ranking.empty_topk(num_users, k), *whole),
-            packed=ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5), num_items=40),
-            sorted=ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5)))
+            packed=heldout_ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5),
+                                                     num_items=40),
+            sorted=heldout_ranking.heldout_ndcg_sums(**entries, num_users=30, ks=(2, 5)))
         return out
 
     out = jax.device_get(both_ways(jnp.asarray(scores_IxU, jnp.float32),
@@ -323,7 +357,7 @@ def test_prepared_heldout_order_matches_numpy_by_hand():
     # User 2: item 1 best, then items 0, 3, 4 tied; user 0: items 0, 2 tied; user 3: tied.
     preds = np.array([2.0, 2.0, 2.0, 1.0, 3.0, 4.0, 2.0, 2.0, 1.0, 1.0, 3.0], np.float32)
     ks = (1, 2)
-    slot, order = ranking.prepare_heldout(users, items, ratings, 5, ks, size=14)
+    slot, order = heldout_ranking.prepare_heldout(users, items, ratings, 5, ks, size=14)
     by_hand = sorted(range(len(users)), key=lambda e: (users[e], items[e]))
     np.testing.assert_array_equal(slot[by_hand], np.arange(len(users)))
     assert order.user_P.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 5, 5, 5]
@@ -343,9 +377,9 @@ def test_prepared_heldout_order_matches_numpy_by_hand():
     take = np.concatenate([take, take[:2]])
     valid = np.arange(len(take)) < len(users)
     entries = [jnp.asarray(x[take]) for x in (slot, users, items, ratings, preds)]
-    got = jax.jit(ranking.heldout_ndcg_prepared, static_argnums=(4, 5))(
+    got = jax.jit(heldout_ranking.heldout_ndcg_prepared, static_argnums=(4, 5))(
         order, entries[0], entries[4], jnp.asarray(valid), 5, ks)
-    device_only = ranking.heldout_ndcg_sums(*entries[1:], jnp.asarray(valid), 5, ks)
+    device_only = heldout_ranking.heldout_ndcg_sums(*entries[1:], jnp.asarray(valid), 5, ks)
     held_UxI, scores_UxI = np.zeros((5, 5)), np.zeros((5, 5))
     held_UxI[users, items], scores_UxI[users, items] = ratings, preds
     want = reference(np.ones((5, 5)), held_UxI, scores_UxI, ks=ks)
@@ -355,8 +389,8 @@ def test_prepared_heldout_order_matches_numpy_by_hand():
         np.testing.assert_allclose(got[key], device_only[key], rtol=1e-6, err_msg=key)
     # Not every user's rows on this device (a user-rows share): only the given users count.
     mine = valid & np.isin(users[take], [0, 1, 3])
-    part = ranking.heldout_ndcg_prepared(order, entries[0], entries[4], jnp.asarray(mine), 5,
-                                         ks)
+    part = heldout_ranking.heldout_ndcg_prepared(order, entries[0], entries[4],
+                                                 jnp.asarray(mine), 5, ks)
     part_want = reference(np.ones((5, 5)), held_UxI * np.isin(np.arange(5), [0, 1, 3])[:, None],
                           scores_UxI, ks=ks)
     assert float(part["heldout_users"]) == part_want["heldout_users"] == 2
@@ -375,4 +409,4 @@ def test_placed_heldout_sets_carry_their_order():
             assert data.ranking is not None, (mode, name)
             assert data.ranking.user_P.shape[-1] == max(
                 r.nnz for r in experiment.data.heldout_rows.values()) >= rows.nnz
-            assert ranking.SLOT in data.targets.fields
+            assert heldout_ranking.SLOT in data.targets.fields

@@ -20,7 +20,7 @@ from autorec_jax.data import (batching, coldstart, loading, parts as parts_lib, 
                               split_files)
 from autorec_jax.data.ratings import (Ratings, RowMatrix, csr_order, data_fingerprint, row_matrix,
                                       select_rows)
-from autorec_jax import ranking
+from autorec_jax import heldout_ranking as heldout_lib
 from autorec_jax.errors import ConfigError
 from autorec_jax.evaluator import EvalData
 from autorec_jax.distributed.parallel import Parallel
@@ -176,7 +176,7 @@ class Placed:
 def place(data: HostData, parallel: Parallel, eval_batch_size: int, *,
           orientation: str = "item", ranking_k: Sequence[int] | None = None) -> Placed:
     """Puts the training and held-out rows on the devices in this mode's layout; with
-    `ranking_k` (the ranking cut-offs) each held-out set with its `ranking.HeldoutOrder`
+    `ranking_k` (the ranking cut-offs) each held-out set with its `heldout_lib.HeldoutOrder`
     (`heldout_ranking`), except in the parts layout, whose host holds only its own parts
     (the evaluator then ranks the held-out entries from the device alone)."""
     eval_index = parallel.shard(batching.blocks(data.num_rows, eval_batch_size))
@@ -219,20 +219,21 @@ def place(data: HostData, parallel: Parallel, eval_batch_size: int, *,
 
 def heldout_ranking(rows: RowMatrix, fields: dict, orientation: str, num_users: int,
                     ranking_k: Sequence[int] | None, size: int
-                    ) -> tuple[dict, ranking.HeldoutOrder | None]:
-    """(`fields` with each entry's place, `ranking.SLOT`; the set's `ranking.HeldoutOrder`
-    of `size` places) for the held-out `rows` (all of them); without `ranking_k`, or past
-    `ranking.prepare_heldout`'s size, (`fields`, None)."""
+                    ) -> tuple[dict, heldout_lib.HeldoutOrder | None]:
+    """(`fields` with each entry's place, `heldout_lib.SLOT`; the set's
+    `heldout_lib.HeldoutOrder` of `size` places) for the held-out `rows` (all of them);
+    without `ranking_k`, or past
+    `heldout_lib.prepare_heldout`'s size, (`fields`, None)."""
     if ranking_k is None:
         return fields, None
     row_E = np.repeat(np.arange(rows.num_rows), np.diff(rows.indptr))
     col_E = np.asarray(rows.cols[:len(row_E)])
     user_E, item_E = (row_E, col_E) if orientation == "user" else (col_E, row_E)
-    prepared = ranking.prepare_heldout(user_E, item_E, rows.values[:len(row_E)], num_users,
-                                       tuple(ranking_k), size)
+    prepared = heldout_lib.prepare_heldout(user_E, item_E, rows.values[:len(row_E)],
+                                           num_users, tuple(ranking_k), size)
     if prepared is None:
         return fields, None
-    return {**fields, ranking.SLOT: prepared[0]}, prepared[1]
+    return {**fields, heldout_lib.SLOT: prepared[0]}, prepared[1]
 
 
 def _place_parts(data: HostData, parallel: Parallel, block_size: int) -> Placed:
