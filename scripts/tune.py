@@ -12,8 +12,10 @@ depth, orientation, loss normalisation, cold-start rule and batch (full or minib
 each trial with early stopping on a validation carve-out (--valid-ratio, 0.1 by default);
 the test set is scored once, by the winner retrained on train + validation. --out holds
 study.db (resumable after a kill), final/ (the winner's run), best_config.json and
-tune.json. Every config field is a flag and sets the base the search starts from (e.g.
---epochs, the most epochs a trial trains; --split; --seed).
+tune.json. The search starts from --preset honest unless --preset or --config says
+otherwise (its 1500 epochs, patience 30, are the most a trial trains: room for full-batch
+trials, one update an epoch); every config field is a flag that changes that base (e.g.
+--epochs; --split; --seed).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ EXTRA = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, args = parse_run_args(__doc__, argv, extra=EXTRA)
+    config, args = parse_run_args(__doc__, argv, extra=EXTRA, default_preset="honest")
 
     def body() -> int:
         from autorec_jax.config import DATASETS, replace

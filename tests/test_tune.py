@@ -227,3 +227,52 @@ def test_a_trial_that_cannot_run_is_pruned_and_the_search_goes_on(tmp_path):
     assert [(r["state"], r["outcome"]) for r in rows] == [("pruned", "invalid"),
                                                           ("complete", None)]
     assert "batch_size" in rows[0]["error"] and result.config.train.batch_size == 0
+
+
+class _Reports:
+    """A stand-in for an Optuna trial that records what the tuner reports."""
+
+    number = 0
+
+    def __init__(self):
+        self.steps = []
+
+    def report(self, value, step):
+        self.steps.append(step)
+
+    def should_prune(self):
+        return False
+
+
+def test_trials_report_to_the_pruner_at_optimizer_updates_not_epochs():
+    # The pruner compares trials at equal steps: at equal epochs a full-batch trial (one
+    # update an epoch) would meet minibatch trials many updates ahead and be pruned.
+    rows = RATINGS.num_items  # I-AutoRec: a row per item
+    for batch in (0, 16):
+        config = replace(BASE, batch_size=batch, last_batch="pad", early_stopping=0)
+        reports = _Reports()
+        record = tune_lib.train_trial(config, reports, ratings=RATINGS)
+        per_epoch = 1 if batch == 0 else -(-rows // batch)  # ceil, by hand
+        assert record["epochs"] == config.train.epochs
+        assert reports.steps == [per_epoch * e for e in range(1, config.train.epochs + 1)]
+
+
+def test_tune_py_starts_from_the_honest_preset(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "tune.py"
+    spec = importlib.util.spec_from_file_location("tune_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = []
+
+    def fake_tune(config, out, **kwargs):
+        seen.append(config)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(tune_lib, "tune", fake_tune)
+    common = ["--out", str(tmp_path / "t"), "--trials", "1", "--compilation-cache", "off"]
+    for extra, preset in (([], config_lib.honest), (["--preset", "d2l"], config_lib.d2l)):
+        assert script.main(["ml-100k", *common, *extra]) != 0
+        assert seen[-1] == preset()
+    assert seen[0].train.epochs == 1500 and seen[0].train.batch_size == 0

@@ -162,11 +162,12 @@ def config_file(path) -> config_lib.Config:
                           f"as scripts/tune.py's best_config.json") from None
 
 
-def base_config(preset: str | None, path: str | None) -> config_lib.Config:
-    """The starting config: `--config FILE`, else `--preset` (d2l when neither is given)."""
+def base_config(preset: str | None, path: str | None,
+                default: str = "d2l") -> config_lib.Config:
+    """The starting config: `--config FILE`, else `--preset` (`default` when neither)."""
     if preset is not None and path is not None:
         raise ConfigError("give --preset or --config, not both")
-    return config_file(path) if path is not None else config_lib.PRESETS[preset or "d2l"]()
+    return config_file(path) if path is not None else config_lib.PRESETS[preset or default]()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -175,7 +176,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
 
 
 def parse_run_args(description: str, argv: list[str] | None = None,
-                   extra: dict[str, dict] | None = None
+                   extra: dict[str, dict] | None = None, default_preset: str = "d2l"
                    ) -> tuple[config_lib.Config, argparse.Namespace]:
     """The command line of a training entry point, applied: (config, parsed args).
 
@@ -189,6 +190,7 @@ def parse_run_args(description: str, argv: list[str] | None = None,
       argv: the arguments (default: sys.argv[1:]).
       extra: a script's own flags: {"--clip-norm": dict(type=float, default=1.0, help=...)},
         keyword arguments of `ArgumentParser.add_argument`; read back as `args.clip_norm`.
+      default_preset: the start when neither --preset nor --config is given.
 
     Returns:
       (the preset with the given config flags applied, the parsed namespace). Logging is set
@@ -198,8 +200,8 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
-                        help="starting configuration; flags override its fields "
-                             "(default: d2l)")
+                        help=f"starting configuration; flags override its fields "
+                             f"(default: {default_preset})")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="starting configuration from a JSON file as written by "
                              "to_dict (e.g. scripts/tune.py's best_config.json); flags "
@@ -215,7 +217,8 @@ def parse_run_args(description: str, argv: list[str] | None = None,
     add_config_flags(parser)
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args, base_config(args.preset, args.config))
+        config = config_from_args(args, base_config(args.preset, args.config,
+                                                    default_preset))
         # Folders are checked before any data is loaded or anything compiled.
         if args.out is not None:
             preflight.check_out_dir(args.out)

@@ -5,8 +5,10 @@
 "depth" together make `model.hidden` = (width,) * depth) around a base config. Each trial
 trains on the training part less a validation carve-out (`data.valid_ratio`, 0.1 when the
 base has none), with early stopping on validation RMSE; after every epoch it reports that
-RMSE to the pruner, which stops a trial whose curve lies above the median of the earlier
-trials' at the same epoch. A trial's value is its best validation RMSE. The test set is
+RMSE to the pruner, which stops a trial whose best RMSE so far lies above the median of
+the finished trials' at the same number of optimizer updates (not epochs: a full-batch
+epoch is one update, a minibatch epoch many, and comparing at equal epochs prunes every
+full-batch trial early), after `WARMUP_UPDATES`. A trial's value is its best validation RMSE. The test set is
 never scored by a trial: trials call `evaluate(..., ("valid",))` only.
 
 The study lives in `<out>/study.db` (SQLite, Optuna's RDB storage), so a killed or stopped
@@ -55,19 +57,21 @@ log = logging.getLogger(__name__)
 
 SPACE = {
     "lr": ("log", 3e-4, 3e-2),
-    "weight_decay": ("log", 1e-7, 1e-2),
+    "weight_decay": ("log", 1e-7, 1e-1),
     "dropout": ("float", 0.0, 0.5),
     "input_dropout": ("float", 0.0, 0.3),
-    "width": ("int_log", 32, 1024),
+    "width": ("int_log", 16, 1024),
     "depth": ("int", 1, 3),
     "orientation": ("choice", ["item", "user"]),
     "loss": ("choice", ["book", "observed"]),
     "cold_start": ("choice", ["network", "global-mean", "user-mean", "item-mean"]),
     "batch_size": ("choice", [0, 64, 256]),        # 0: full batch
+    "rating_scaling": ("choice", ["none", "max"]),
 }
 KINDS = ("log", "float", "int", "int_log", "choice")
 STUDY = "tune"
 PATIENCE = 10          # early stopping of a trial when the base config has none
+WARMUP_UPDATES = 50    # optimizer updates before the pruner may stop a trial
 VALID_RATIO = 0.1      # validation carve-out when the base config has none
 
 
@@ -163,11 +167,12 @@ def train_trial(config: Config, trial=None, *, ratings=None, cache_dir=None,
     shuffle = np.random.default_rng(experiment.shuffle_seed)
     carry = np.zeros(0, np.int32)
     loop = {"best": None, "bad_epochs": 0, "first_loss": None}
-    best_params, curve, outcome = None, [], "complete"
+    best_params, curve, outcome, updates = None, [], "complete", 0
     for epoch in range(1, config.train.epochs + 1):
         batches, carry = placement.plan_epoch(config, experiment.data, experiment.batch_size,
                                               shuffle, carry, experiment.shuffle_seed, epoch)
         state, metrics = run_epoch(experiment, state, batches)
+        updates += len(batches)
         try:
             policies.check_loss(metrics, epoch, 0, loop, config.train.divergence_factor)
             rmse = evaluate(experiment, state.params, ("valid",))["valid"]["rmse"]
@@ -180,7 +185,7 @@ def train_trial(config: Config, trial=None, *, ratings=None, cache_dir=None,
         best_params, stop = policies.early_stopping_step(
             loop, state.params, best_params, epoch, rmse, config.train.early_stopping)
         if trial is not None:
-            trial.report(rmse, epoch)
+            trial.report(rmse, updates)
             if trial.should_prune():
                 outcome = "pruned"
                 break
@@ -227,7 +232,9 @@ def tune(config: Config, out_dir, *, trials: int | None = None, budget: float | 
 
     Args:
       config: the base: every field the space does not set (data, epochs as the most a
-        trial trains, ...). Its valid_ratio and early_stopping are used when set.
+        trial trains, ...). With full batch in the space, give it room: `honest()` (1500
+        epochs, patience 30, scripts/tune.py's default) rather than `d2l()`'s 25 epochs,
+        which are 25 updates of a full batch. Its valid_ratio and early_stopping are used when set.
       out_dir: the study's folder (study.db, final/, best_config.json, tune.json); an
         existing study there is resumed.
       trials: finished (complete or pruned) trials to reach, over all runs of the study.
@@ -253,7 +260,8 @@ def tune(config: Config, out_dir, *, trials: int | None = None, budget: float | 
         {k: (s[1][0] if s[0] == "choice" else s[1]) for k, s in space.items()}), space))
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                    n_warmup_steps=WARMUP_UPDATES)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(out, seed, pruner)
     if enqueue and not study.user_attrs.get("enqueued"):
@@ -306,8 +314,8 @@ def _run_batch(study, asked, base, space, ratings, cache_dir, should_stop) -> No
                           "epochs": 0, "curve": []}
             else:
                 curve = [r["valid_rmse"] for r in result.history]
-                for epoch, rmse in enumerate(curve, 1):
-                    asked[k].report(rmse, epoch)
+                for epoch_record in result.history:  # "step": updates so far
+                    asked[k].report(epoch_record["valid_rmse"], epoch_record["step"])
                 sel = result.summary["selection"]
                 record = {"state": "complete", "value": result.summary["valid_rmse"],
                           "best_epoch": sel["best_epoch"], "epochs": len(curve),
