@@ -147,7 +147,10 @@ def rank_blocks(params: PyTree, data: EvalData, index_KxB: jax.Array, rows_KxB: 
         row_E, col_E = rows_B[slot_E // width], slot_E % width
         # Full ranking: candidates are the items without a training rating (real rows only).
         candidate_BxN = (inputs_BxN == 0) & (index_B >= 0)[:, None]
-        ranked_BxN = jnp.where(candidate_BxN, scores_BxN, ranking.NEG_INF)
+        # -0.0 -> 0.0: `lax.top_k` puts 0.0 before -0.0, the comparisons of `entry_ranks`
+        # call them equal; one order for both keeps an entry from being counted twice.
+        ranked_BxN = jnp.where(candidate_BxN, jnp.where(scores_BxN == 0, 0.0, scores_BxN),
+                               ranking.NEG_INF)
         ranked_E = ranked_BxN.reshape(-1)[slot_E]      # each entry's score as ranked
         relevant_E = valid_E & (values["ratings"] != 0) & (values["ratings"] >= threshold)
         entries = ((row_E, col_E) if users_are_rows else (col_E, row_E)) + (

@@ -3,6 +3,7 @@ relevant items, cold rows), against scikit-learn's NDCG, and equal on every para
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +201,41 @@ def test_candidates_of_one_block_and_running_lists_match_numpy_with_ties(orienta
         for key, value in want.items():
             np.testing.assert_allclose(values[key], value, rtol=2e-5, atol=1e-6,
                                        err_msg=f"{run} {key}")
+
+
+class ColumnScores(nn.Module):
+    """Every row's reconstruction is `scores_N` as given (no arithmetic, so -0.0 stays)."""
+
+    scores_N: tuple
+
+    @nn.compact
+    def __call__(self, ratings_BxN, *, train):
+        self.param("unused", nn.initializers.zeros, (1,))
+        return jnp.where(ratings_BxN == ratings_BxN, jnp.asarray(self.scores_N, jnp.float32),
+                         0.0)
+
+
+def test_signed_zero_scores_tie_as_equal():
+    """Scores of exactly 0.0 and -0.0 (a network that outputs them, U-AutoRec rows): equal,
+    so ties by item as NumPy's comparisons say, on every path; `lax.top_k` alone puts 0.0
+    before -0.0 and, against `entry_ranks`' comparisons, counts an entry twice."""
+    # 30 items: 4 groups of 8 < 4 K, so the candidates are `lax.top_k`'s own K.
+    ratings = random_ratings(num_users=40, num_items=30, density=0.3, seed=9)
+    kind = np.random.default_rng(0).integers(0, 2, 30)    # K = 5 reaches into the zeros
+    kind[[3, 20]] = 2
+    scores_N = tuple(np.where(kind == 0, -0.0, np.where(kind == 1, 0.0, 1.0)).tolist())
+    for mode, batch in (("jit", 256), ("jit", 8), ("pmap", 8)):
+        experiment, state = setup(_config(orientation="user", parallel=mode,
+                                          eval_batch_size=batch), ratings,
+                                  model=ColumnScores(scores_N))
+        got = evaluate(experiment, state.params, ranking=True)["test"]
+        scores = np.broadcast_to(np.asarray(scores_N), (40, 30))
+        want = reference(_user_item(experiment.train, "user"),
+                         _user_item(experiment.test, "user"), scores)
+        assert want["rank_users"] >= 10 and 0 < want["recall@5"] < 1
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=1e-6,
+                                       err_msg=f"{mode} {batch} {key}")
 
 
 @pytest.mark.parametrize("orientation", ["item", "user"])
