@@ -276,3 +276,24 @@ def test_tune_py_starts_from_the_honest_preset(tmp_path, monkeypatch):
         assert script.main(["ml-100k", *common, *extra]) != 0
         assert seen[-1] == preset()
     assert seen[0].train.epochs == 1500 and seen[0].train.batch_size == 0
+
+
+def test_the_sampler_draws_two_random_trials_per_field_before_modelling(tmp_path):
+    # Told opposite values, two studies of the same seed agree on exactly the random
+    # startup trials (2 per field here: 12, not Optuna's 10) and then part.
+    space = {f"x{i}": ("float", 0.0, 1.0) for i in range(6)}
+    startup = tune_lib.startup_trials(space)
+    assert startup == 12 and tune_lib.startup_trials(SPACE) == 10
+    drawn = []
+    for sign in (1, -1):
+        (tmp_path / f"s{sign}").mkdir()
+        study = tune_lib._open_study(tmp_path / f"s{sign}", 0, None, startup)
+        params = []
+        for _ in range(startup + 3):
+            trial = study.ask()
+            values = tune_lib.suggest(trial, space)
+            params.append(values)
+            study.tell(trial, sign * values["x0"])
+        drawn.append(params)
+    assert drawn[0][:startup] == drawn[1][:startup]
+    assert drawn[0][startup:] != drawn[1][startup:]

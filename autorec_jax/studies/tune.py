@@ -99,6 +99,13 @@ def parse_budget(text: str) -> float:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
+def startup_trials(space: dict) -> int:
+    """Random trials before TPE models the results: two per searched field, at least 10
+    (Optuna's default). With Optuna's 10 and 11 fields, a few unlucky full-batch draws
+    among them steered a whole 30-minute search to minibatches (README "Tuning")."""
+    return max(10, 2 * len(space))
+
+
 def check_space(space: dict) -> None:
     """Refuses an unknown field or a malformed range (one line naming the entry)."""
     for name, spec in space.items():
@@ -200,12 +207,12 @@ def train_trial(config: Config, trial=None, *, ratings=None, cache_dir=None,
             "curve": curve}
 
 
-def _open_study(out: Path, seed: int, pruner) -> optuna.Study:
+def _open_study(out: Path, seed: int, pruner, startup: int) -> optuna.Study:
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
     done = len(optuna.load_study(study_name=STUDY, storage=storage).trials) if any(
         s.study_name == STUDY for s in storage.get_all_studies()) else 0
     sampler = optuna.samplers.TPESampler(seed=(seed * 100003 + done) % 2**32,
-                                         constant_liar=True)
+                                         constant_liar=True, n_startup_trials=startup)
     study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler,
                                 pruner=pruner, direction="minimize", load_if_exists=True)
     # Trials a kill left running: failed, and their parameters asked again first.
@@ -244,7 +251,7 @@ def tune(config: Config, out_dir, *, trials: int | None = None, budget: float | 
       models: trials asked and, where they share shapes, trained together (`train_many`).
       seed: the sampler's seed.
       ratings, cache_dir: as for `train_and_evaluate`.
-      pruner: an Optuna pruner (default: MedianPruner, 3 startup trials, 2 warm-up epochs).
+      pruner: an Optuna pruner (default: MedianPruner, 3 startup trials, WARMUP_UPDATES).
       enqueue: parameter dicts tried first (e.g. a preset's values), once per study.
       stop_requested: polled after each epoch and trial; True stops the search, which can
         be resumed (the running trial is failed and asked again), and returns None.
@@ -263,7 +270,7 @@ def tune(config: Config, out_dir, *, trials: int | None = None, budget: float | 
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3,
                                                     n_warmup_steps=WARMUP_UPDATES)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _open_study(out, seed, pruner)
+    study = _open_study(out, seed, pruner, startup_trials(space))
     if enqueue and not study.user_attrs.get("enqueued"):
         for params in enqueue:
             study.enqueue_trial(dict(params))
