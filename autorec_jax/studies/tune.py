@@ -8,7 +8,8 @@ base has none), with early stopping on validation RMSE; after every epoch it rep
 RMSE to the pruner, which stops a trial whose best RMSE so far lies above the median of
 the finished trials' at the same number of optimizer updates (not epochs: a full-batch
 epoch is one update, a minibatch epoch many, and comparing at equal epochs prunes every
-full-batch trial early), after `WARMUP_UPDATES`. A trial's value is its best validation RMSE. The test set is
+full-batch trial early), after `WARMUP_UPDATES`. A trial's value is its best validation
+RMSE. The test set is
 never scored by a trial: trials call `evaluate(..., ("valid",))` only.
 
 The study lives in `<out>/study.db` (SQLite, Optuna's RDB storage), so a killed or stopped
